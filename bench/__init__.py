@@ -1,0 +1,1 @@
+"""Benchmarks and the sam2-prompt-bench CLI (installed as sam2_prompt.bench)."""

@@ -1,0 +1,92 @@
+"""``PositionEmbeddingRandom``: drop-in for ``sam2.modeling.position_encoding.PositionEmbeddingRandom``.
+
+Same buffer, constructor RNG use and results; positions are computed in fp32 whatever autocast says,
+and the dense grid is cached (the cache follows the buffer: in-place edits, load_state_dict, .to()).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import ops, reference
+from .cache import DerivedCache
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype autocast would give a matmul on ``device`` right now, or None."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Positional encoding using random spatial frequencies (random Fourier features).
+
+    positional_encoding_gaussian_matrix: [2, num_pos_feats] = scale * randn.
+    """
+
+    def __init__(self, num_pos_feats: int = 64, scale: Optional[float] = None) -> None:
+        super().__init__()
+        if scale is None or scale <= 0.0:
+            scale = 1.0
+        self.register_buffer(
+            "positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats))
+        )
+        self.backend = None
+        self._derived = DerivedCache()
+
+    @property
+    def backend(self) -> str:
+        """The backend the next call would use: "torch" or "triton" (settable: auto/torch/triton)."""
+        if self._backend_request != "auto":
+            return self._backend_request
+        gaussian = self.positional_encoding_gaussian_matrix
+        tri = ops.use_triton(self._backend_request, gaussian.device, self.pe_dtype())
+        return "triton" if tri else "torch"
+
+    @backend.setter
+    def backend(self, value: Optional[str]) -> None:
+        self._backend_request = ops.check_backend(value)
+
+    def pe_dtype(self) -> torch.dtype:
+        """Upstream's dtype for positional encodings: autocast's if it is on, else the buffer's."""
+        gaussian = self.positional_encoding_gaussian_matrix
+        cast = autocast_dtype(gaussian.device)
+        if cast is not None and gaussian.dtype == torch.float32:
+            return cast
+        return gaussian.dtype
+
+    def _pe_encoding(self, coords: Tensor) -> Tensor:
+        """Positionally encode points normalised to [0, 1]: coords [..., 2] -> [..., C]."""
+        return reference.unit_pe(coords, self.positional_encoding_gaussian_matrix, self.pe_dtype())
+
+    def forward(self, size: Tuple[int, int]) -> Tensor:
+        """The grid of pixel centres of an (h, w) image: -> [C, h, w] (cached)."""
+        h, w = (int(s) for s in size)
+        gaussian = self.positional_encoding_gaussian_matrix
+        out_dtype = self.pe_dtype()
+        tri = ops.use_triton(self._backend_request, gaussian.device, out_dtype)
+        return self._derived.get(
+            ("grid", h, w, out_dtype, tri), (gaussian,),
+            lambda: ops.dense_pe(gaussian, h, w, out_dtype, tri),
+        )
+
+    def fourier(self, image_size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """Turns per pixel for an (H, W) image: -> [3, F] rows (a, b, c), t = x a + y b + c (cached)."""
+        h, w = (int(s) for s in image_size)
+        gaussian = self.positional_encoding_gaussian_matrix
+        return self._derived.get(
+            ("fourier", h, w, dtype), (gaussian,),
+            lambda: reference.fourier_affine(gaussian, h, w, dtype),
+        )
+
+    def forward_with_coords(self, coords_input: Tensor, image_size: Tuple[int, int]) -> Tensor:
+        """Encode pixel coordinates (no pixel-centre shift): coords [B, N, 2] -> [B, N, C]."""
+        if not isinstance(coords_input, Tensor):
+            raise TypeError(f"coords_input must be a torch.Tensor, got {type(coords_input).__name__}")
+        if coords_input.dim() != 3 or coords_input.shape[-1] != 2:
+            raise ValueError(f"coords_input must be [B, N, 2], got {tuple(coords_input.shape)}")
+        dtype = reference.compute_dtype(self.pe_dtype())
+        size_xy = torch.tensor([image_size[1], image_size[0]], device=coords_input.device, dtype=dtype)
+        return self._pe_encoding(coords_input.to(dtype) / size_xy)

@@ -1,0 +1,245 @@
+"""``PromptEncoder``: drop-in for ``sam2.modeling.sam.prompt_encoder.PromptEncoder``.
+
+validate -> (cached) ops -> outputs. Same constructor, attributes, submodules, state-dict keys,
+methods and results as Meta's; the sparse embedding is one op writing a preallocated output.
+"""
+
+from typing import Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops, reference
+from .cache import DerivedCache
+from .position_encoding import PositionEmbeddingRandom
+
+Points = Tuple[Tensor, Tensor]
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of x: [B, C, H, W] (SAM-2's ``LayerNorm2d``: same keys, eps)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels_last = x.permute(0, 2, 3, 1)
+        normed = F.layer_norm(channels_last, (x.shape[1],), self.weight, self.bias, self.eps)
+        return normed.permute(0, 3, 1, 2)
+
+
+def _check_tensor(name: str, value) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real integer or floating tensor, got dtype {value.dtype}")
+    return value
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+class PromptEncoder(nn.Module):
+    """Encodes points, boxes and masks for SAM-2's mask decoder.
+
+    forward(points=(coords [B, N, 2], labels [B, N]) | None, boxes=[B, 4] | [B, K, 4] | None,
+    masks=[B, 1, 4*H_emb, 4*W_emb] | None) -> (sparse [B, N + pad + 2K, C], dense [B, C, H_emb, W_emb]).
+
+    backend: None (environment variable SAM2_PROMPT_BACKEND, default "auto"), "auto", "torch" or
+    "triton". ``encoder.backend`` reads as the backend the next call will use.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_embedding_size: Tuple[int, int],
+        input_image_size: Tuple[int, int],
+        mask_in_chans: int,
+        activation: Type[nn.Module] = nn.GELU,
+        *,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(embed_dim, int) or embed_dim < 2 or embed_dim % 2:
+            raise ValueError(f"embed_dim must be an even int >= 2, got {embed_dim!r}")
+        self.embed_dim = embed_dim
+        self.input_image_size = input_image_size
+        self.image_embedding_size = image_embedding_size
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+
+        self.num_point_embeddings: int = 4  # pos/neg point + 2 box corners
+        self.point_embeddings = nn.ModuleList(
+            [nn.Embedding(1, embed_dim) for _ in range(self.num_point_embeddings)]
+        )
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+
+        self.mask_input_size = (4 * image_embedding_size[0], 4 * image_embedding_size[1])
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            activation(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            activation(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.backend = backend
+        self._derived = DerivedCache()
+
+    # ----------------------------------------------------------------------------- backend
+    @property
+    def backend(self) -> str:
+        """The backend the next call will use: "torch" or "triton" (an explicit "triton" that
+        cannot run reads "triton"; the call then raises with the reason)."""
+        if self._backend_request != "auto":
+            return self._backend_request
+        return "triton" if self._use_triton(self._weight_dtype()) else "torch"
+
+    @backend.setter
+    def backend(self, value: Optional[str]) -> None:
+        self._backend_request = ops.check_backend(value)
+        self.pe_layer.backend = self._backend_request
+
+    def _use_triton(self, out_dtype: torch.dtype) -> bool:
+        return ops.use_triton(self._backend_request, self.not_a_point_embed.weight.device, out_dtype)
+
+    # ----------------------------------------------------------------------------- upstream API
+    def get_dense_pe(self) -> Tensor:
+        """Positional encoding of the image-embedding grid: -> [1, C, H_emb, W_emb] (cached)."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+
+    def _embed_points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
+        """points: [B, N, 2], labels: [B, N] -> [B, N + pad, C]."""
+        self._check_points((points, labels))
+        out_dtype = torch.promote_types(self.pe_layer.pe_dtype(), self._weight_dtype())
+        return self._sparse(points, labels, None, bool(pad), out_dtype)
+
+    def _embed_boxes(self, boxes: Tensor) -> Tensor:
+        """boxes: [B, 4] or [B, K, 4] -> [B, 2K, C] (corner labels 2 and 3)."""
+        self._check_boxes(boxes)
+        return self._sparse(None, None, boxes, False, self.pe_layer.pe_dtype())
+
+    def _embed_masks(self, masks: Tensor) -> Tensor:
+        """masks: [B, 1, 4*H_emb, 4*W_emb] -> [B, C, H_emb, W_emb]."""
+        weight = self.mask_downscaling[0].weight
+        if masks.dtype != weight.dtype and not torch.is_autocast_enabled(masks.device.type):
+            masks = masks.to(weight.dtype)
+        return self.mask_downscaling(masks)
+
+    def _get_batch_size(
+        self, points: Optional[Points], boxes: Optional[Tensor], masks: Optional[Tensor]
+    ) -> int:
+        if points is not None:
+            return points[0].shape[0]
+        elif boxes is not None:
+            return boxes.shape[0]
+        elif masks is not None:
+            return masks.shape[0]
+        return 1
+
+    def _get_device(self) -> torch.device:
+        return self.point_embeddings[0].weight.device
+
+    def forward(
+        self, points: Optional[Points], boxes: Optional[Tensor], masks: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """Sparse embeddings [B, N + pad + 2K, C] and dense embeddings [B, C, H_emb, W_emb]."""
+        self._validate(points, boxes, masks)
+        bs = self._get_batch_size(points, boxes, masks)
+        out_dtype = self._weight_dtype()
+        if points is None and boxes is None:
+            device = self.not_a_point_embed.weight.device
+            sparse = torch.empty((bs, 0, self.embed_dim), device=device, dtype=out_dtype)
+        else:
+            coords, labels = points if points is not None else (None, None)
+            sparse = self._sparse(coords, labels, boxes, boxes is None, out_dtype)
+        if masks is not None:
+            dense = self._embed_masks(masks)
+        else:
+            h, w = self.image_embedding_size
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+        return sparse, dense
+
+    # ----------------------------------------------------------------------------- internals
+    def _weight_dtype(self) -> torch.dtype:
+        return self.not_a_point_embed.weight.dtype
+
+    def _point_table(self) -> Tensor:
+        """point_embeddings[0..3] stacked: [4, C] (cached while the weights are unchanged)."""
+        weights = tuple(embed.weight for embed in self.point_embeddings)
+        return self._derived.get("point_table", weights, lambda: torch.cat(weights))
+
+    def _sparse(self, coords, labels, boxes, pad: bool, out_dtype: torch.dtype) -> Tensor:
+        """One op call: tokens of points, padding and box corners -> [B, T, C] in out_dtype."""
+        like = coords if coords is not None else boxes
+        batch = like.shape[0]
+        if coords is None:
+            coords, labels = like.new_empty((batch, 0, 2)), like.new_empty((batch, 0))
+        boxes = like.new_empty((batch, 0, 4)) if boxes is None else boxes.reshape(batch, -1, 4)
+        fourier_dtype = reference.compute_dtype(out_dtype)
+        return ops.sparse_embed(
+            coords, labels, boxes, pad,
+            self.pe_layer.fourier(self.input_image_size, fourier_dtype),
+            self._point_table(), self.not_a_point_embed.weight,
+            out_dtype, self._use_triton(out_dtype),
+        )
+
+    def _check_device(self, name: str, value: Tensor) -> None:
+        device = self.not_a_point_embed.weight.device
+        if value.device != device:
+            raise ValueError(f"{name} is on {value.device} but the PromptEncoder is on {device}")
+
+    def _check_points(self, points) -> Tuple[Tensor, Tensor]:
+        if not isinstance(points, (tuple, list)) or len(points) != 2:
+            raise TypeError(
+                f"points must be a (coords, labels) pair of tensors, got {type(points).__name__}"
+                + (f" of length {len(points)}" if isinstance(points, (tuple, list)) else "")
+            )
+        coords = _check_tensor("points[0] (coords)", points[0])
+        labels = _check_tensor("points[1] (labels)", points[1])
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise ValueError(f"point coords must be [B, N, 2], got {_shape(coords)}")
+        if labels.shape != coords.shape[:2]:
+            raise ValueError(
+                f"point labels must be [B, N] = {_shape(coords)[:2]} to match coords "
+                f"{_shape(coords)}, got {_shape(labels)}"
+            )
+        self._check_device("point coords", coords)
+        self._check_device("point labels", labels)
+        return coords, labels
+
+    def _check_boxes(self, boxes) -> Tensor:
+        boxes = _check_tensor("boxes", boxes)
+        if boxes.dim() not in (2, 3) or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes must be [B, 4] or [B, K, 4], got {_shape(boxes)}")
+        self._check_device("boxes", boxes)
+        return boxes
+
+    def _check_masks(self, masks) -> Tensor:
+        masks = _check_tensor("masks", masks)
+        if not masks.is_floating_point():
+            raise TypeError(f"masks must be a floating tensor, got dtype {masks.dtype}")
+        expected = (1, *self.mask_input_size)
+        if masks.dim() != 4 or tuple(masks.shape[1:]) != expected:
+            raise ValueError(f"masks must be [B, {', '.join(map(str, expected))}], got {_shape(masks)}")
+        self._check_device("masks", masks)
+        return masks
+
+    def _validate(self, points, boxes, masks) -> None:
+        """Check every input before any work; batch sizes of points, boxes and masks must agree."""
+        batches = []
+        if points is not None:
+            batches.append(("points", self._check_points(points)[0].shape[0]))
+        if boxes is not None:
+            batches.append(("boxes", self._check_boxes(boxes).shape[0]))
+        if masks is not None:
+            batches.append(("masks", self._check_masks(masks).shape[0]))
+        if len({size for _, size in batches}) > 1:
+            sizes = ", ".join(f"{name} {size}" for name, size in batches)
+            raise ValueError(f"points, boxes and masks must have the same batch size, got {sizes}")

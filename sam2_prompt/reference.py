@@ -1,0 +1,190 @@
+"""The pure-PyTorch spec of the prompt encoder's positional math: the CPU path and the test oracle.
+
+The Triton kernels in ``sam2_prompt.kernels`` compute exactly these functions (same signatures).
+
+Notation: a token has pixel coordinates ``(x, y)`` on an image of ``image_h x image_w`` pixels.
+SAM-2 shifts to the pixel centre and normalises, ``u = 2 (x + 0.5) / W - 1`` (likewise ``v`` with H),
+and projects with the Gaussian matrix ``G: [2, F]`` to ``t_f = u G[0, f] + v G[1, f]`` turns; the
+positional encoding is ``[sin(2 pi t), cos(2 pi t)]`` (``C = 2F`` channels, sin half first).
+Folded into one affine map per frequency: ``t_f = x a_f + y b_f + c_f`` (see :func:`fourier_weight`).
+
+Labels: -1 -> exactly ``not_a_point`` (positional part discarded, even for NaN coordinates);
+0..3 -> positional encoding + ``point_table[label]``; anything else -> the bare positional encoding.
+
+Arithmetic is fp32 whatever the input dtypes (fp64 when ``out_dtype`` is fp64, for oracles and
+gradcheck), and the result is rounded once to ``out_dtype``.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NUM_POINT_LABELS = 4  # positive, negative, box top-left, box bottom-right
+PAD_LABEL = -1
+TWO_PI = 2.0 * math.pi
+
+
+def compute_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if out_dtype == torch.float64 else torch.float32
+
+
+def fourier_affine(gaussian: torch.Tensor, image_h: int, image_w: int, dtype=torch.float32):
+    """Fold the pixel-centre shift, normalisation and projection into turns per pixel.
+
+    gaussian: [2, F] -> fourier [3, F] with rows (a, b, c): a token at pixel (x, y) is at
+    ``t = x a + y b + c`` turns, i.e. a = 2 G0 / W, b = 2 G1 / H, c = (1/W - 1) G0 + (1/H - 1) G1.
+    """
+    g = gaussian.to(dtype)
+    return torch.stack([
+        g[0] * (2.0 / image_w),
+        g[1] * (2.0 / image_h),
+        torch.add(g[0] * (1.0 / image_w - 1.0), g[1], alpha=1.0 / image_h - 1.0),
+    ])
+
+
+def angles_into(coords: torch.Tensor, fourier: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """2 pi t for pixel coordinates: coords [M, 2], fourier [3, F] -> out [M, F] (may be a view)."""
+    return torch.addmm(fourier[2], coords, fourier[:2], beta=TWO_PI, alpha=TWO_PI, out=out)
+
+
+def unit_pe(unit_coords: torch.Tensor, gaussian: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """Encode coordinates already normalised to [0, 1]: unit_coords [..., 2] -> [..., C]."""
+    dtype = compute_dtype(out_dtype)
+    turns = (2.0 * unit_coords.to(dtype) - 1.0) @ gaussian.to(dtype)
+    angles = TWO_PI * turns
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(out_dtype)
+
+
+def gather_tokens(point_coords, point_labels, boxes, pad: bool, dtype: torch.dtype):
+    """Lay out the tokens of each prompt: points, one padding token if ``pad``, two corners per box.
+
+    point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4]
+    -> coords [B, T, 2], labels [B, T], both in ``dtype``; T = N + pad + 2K.
+    Small tensors (2 or 1 values per token), so these copies are cheap. The padding token's
+    coordinates are left at 0: its label discards them.
+    """
+    batch, num_points = point_labels.shape
+    corners_at, num_corners = num_points + int(pad), 2 * boxes.shape[1]
+    tokens = corners_at + num_corners
+    if num_corners == 0:  # SAM-2's usual call: points and one padding token, two small pads
+        coords = F.pad(point_coords.to(dtype), (0, 0, 0, int(pad)))
+        return coords, F.pad(point_labels.to(dtype), (0, int(pad)), value=PAD_LABEL)
+    coords = torch.zeros(batch, tokens, 2, device=point_coords.device, dtype=dtype)
+    labels = torch.empty(batch, tokens, device=point_coords.device, dtype=dtype)
+    if num_points:
+        coords[:, :num_points] = point_coords
+        labels[:, :num_points] = point_labels
+    if pad:
+        labels[:, num_points] = PAD_LABEL
+    if num_corners:
+        coords[:, corners_at:] = boxes.reshape(batch, num_corners, 2)
+        labels[:, corners_at::2] = 2.0
+        labels[:, corners_at + 1 :: 2] = 3.0
+    return coords, labels
+
+
+def sparse_embed(
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    boxes: torch.Tensor,
+    pad: bool,
+    fourier: torch.Tensor,
+    point_table: torch.Tensor,
+    not_a_point: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Sparse prompt embedding, written once into a preallocated output.
+
+    point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4] (x0, y0, x1, y1),
+    fourier: [3, F] (see :func:`fourier_affine`), point_table: [4, C], not_a_point: [1, C]
+    ->  [B, N + pad + 2K, C]
+    """
+    dtype = compute_dtype(out_dtype)
+    batch, num_points = point_labels.shape
+    tokens = num_points + int(pad) + 2 * boxes.shape[1]
+    channels = point_table.shape[1]
+    freqs = channels // 2
+    out = torch.empty(batch * tokens, channels, device=point_table.device, dtype=dtype)
+    if out.numel() > 0:
+        coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
+        labels = labels.view(-1, 1)
+        sin_half, cos_half = out[:, :freqs], out[:, freqs:]
+        angles_into(coords.view(-1, 2), fourier.to(dtype), out=cos_half)
+        torch.sin(cos_half, out=sin_half)
+        cos_half.cos_()
+        # Rows with label 0..3 get their table row added, through one small GEMM with a one-hot.
+        label_ids = torch.arange(NUM_POINT_LABELS, device=out.device, dtype=dtype)
+        out.addmm_((labels == label_ids).to(dtype), point_table.to(dtype))
+        # Label -1 is exactly not_a_point, whatever the coordinates were (NaN included).
+        torch.where(labels == PAD_LABEL, not_a_point.to(dtype), out, out=out)
+    out = out.view(batch, tokens, channels)
+    return out if out_dtype == dtype else out.to(out_dtype)
+
+
+def sparse_embed_backward(
+    grad_out: torch.Tensor,
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    boxes: torch.Tensor,
+    pad: bool,
+    fourier: torch.Tensor,
+):
+    """Gradients of :func:`sparse_embed` (sin and cos recomputed).
+
+    grad_out: [B, T, C] -> (grad_point_coords [B, N, 2], grad_boxes [B, K, 4],
+    grad_point_table [4, C], grad_not_a_point [1, C]), in fp32 (fp64 for an fp64 grad_out).
+    """
+    dtype = compute_dtype(grad_out.dtype)
+    coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
+    batch, tokens = labels.shape
+    num_points, num_boxes = point_coords.shape[1], boxes.shape[1]
+    channels = grad_out.shape[-1]
+    freqs = channels // 2
+    grad = grad_out.to(dtype).reshape(batch * tokens, channels)
+    flat_labels = labels.reshape(-1)
+    keep = flat_labels != PAD_LABEL
+
+    # Table rows: a fixed-order reduction over tokens (deterministic).
+    label_ids = torch.arange(NUM_POINT_LABELS, device=grad.device, dtype=dtype)
+    one_hot = (flat_labels[:, None] == label_ids).to(dtype)
+    grad_point_table = one_hot.t() @ grad
+    grad_not_a_point = ((~keep).to(dtype)[None, :] @ grad).reshape(1, channels)
+
+    # Coordinates: d/dx of [sin(angle), cos(angle)], angle = (x, y, 1) @ weight; padding rows
+    # (whose coordinates may be NaN) contribute nothing.
+    fourier = fourier.to(dtype)
+    safe_coords = torch.where(keep[:, None], coords.reshape(-1, 2), 0.0)
+    angles = angles_into(safe_coords, fourier, out=None)
+    grad_angle = grad[:, :freqs] * angles.cos() - grad[:, freqs:] * angles.sin()
+    grad_angle = torch.where(keep[:, None], grad_angle * TWO_PI, 0.0)
+    grad_coords = (grad_angle @ fourier[:2].t()).reshape(batch, tokens, 2)
+
+    pad_rows = 1 if pad else 0
+    grad_point_coords = grad_coords[:, :num_points]
+    grad_boxes = grad_coords[:, num_points + pad_rows :].reshape(batch, num_boxes, 4)
+    return grad_point_coords, grad_boxes, grad_point_table, grad_not_a_point
+
+
+def dense_pe(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Positional encoding of the (h, w) grid of pixel centres (``PositionEmbeddingRandom.forward``).
+
+    gaussian: [2, F] -> [C, h, w], contiguous.
+    """
+    dtype = compute_dtype(out_dtype)
+    freqs = gaussian.shape[1]
+    device = gaussian.device
+    out = torch.empty(2 * freqs, h, w, device=device, dtype=dtype)
+    if out.numel() > 0:
+        # Grid pixel (i, j) sits at (x, y) = (j, i) in pixels of a (h, w) image.
+        per_x, per_y, offset = (TWO_PI * fourier_affine(gaussian, h, w, dtype))[:, :, None]
+        cols = torch.arange(w, device=device, dtype=dtype)
+        rows = torch.arange(h, device=device, dtype=dtype)
+        cos_half = out[freqs:]
+        # angle[f, i, j] = per_x[f] j + per_y[f] i + offset[f]: a broadcast add of two outer products.
+        row_part = torch.addcmul(offset, per_y, rows[None, :])
+        col_part = per_x * cols[None, :]
+        torch.add(row_part[:, :, None], col_part[:, None, :], out=cos_half)
+        torch.sin(cos_half, out=out[:freqs])
+        cos_half.cos_()
+    return out if out_dtype == dtype else out.to(out_dtype)
