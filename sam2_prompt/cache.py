@@ -5,7 +5,7 @@ in-place edits, ``load_state_dict`` (an in-place copy) and ``.to()`` (new tensor
 Nothing is cached while tracing (torch.compile, export) or when a source needs a gradient.
 """
 
-from typing import Callable, Dict, Hashable, Tuple
+from typing import Any, Callable, Dict, Hashable, Tuple
 
 import torch
 from torch import Tensor
@@ -13,9 +13,9 @@ from torch import Tensor
 
 class DerivedCache:
     def __init__(self) -> None:
-        self._entries: Dict[Hashable, Tuple[Tuple[Tensor, ...], Tuple[int, ...], Tensor]] = {}
+        self._entries: Dict[Hashable, Tuple[Tuple[Tensor, ...], Tuple[int, ...], Any]] = {}
 
-    def get(self, key: Hashable, sources: Tuple[Tensor, ...], build: Callable[[], Tensor]) -> Tensor:
+    def get(self, key: Hashable, sources: Tuple[Tensor, ...], build: Callable[[], Any]) -> Any:
         if torch.compiler.is_compiling() or (
             torch.is_grad_enabled() and any(s.requires_grad for s in sources)
         ):

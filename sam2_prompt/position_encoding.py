@@ -72,15 +72,6 @@ class PositionEmbeddingRandom(nn.Module):
             lambda: ops.dense_pe(gaussian, h, w, out_dtype, tri),
         )
 
-    def fourier(self, image_size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> Tensor:
-        """Turns per pixel for an (H, W) image: -> [3, F] rows (a, b, c), t = x a + y b + c (cached)."""
-        h, w = (int(s) for s in image_size)
-        gaussian = self.positional_encoding_gaussian_matrix
-        return self._derived.get(
-            ("fourier", h, w, dtype), (gaussian,),
-            lambda: reference.fourier_affine(gaussian, h, w, dtype),
-        )
-
     def forward_with_coords(self, coords_input: Tensor, image_size: Tuple[int, int]) -> Tensor:
         """Encode pixel coordinates (no pixel-centre shift): coords [B, N, 2] -> [B, N, C]."""
         if not isinstance(coords_input, Tensor):

@@ -170,10 +170,18 @@ class PromptEncoder(nn.Module):
     def _weight_dtype(self) -> torch.dtype:
         return self.not_a_point_embed.weight.dtype
 
-    def _point_table(self) -> Tensor:
-        """point_embeddings[0..3] stacked: [4, C] (cached while the weights are unchanged)."""
+    def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """(fourier [3, F], point_table [4, C]): turns per pixel of the input image, and the
+        point_embeddings stacked (cached while the buffer and the weights are unchanged)."""
+        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
         weights = tuple(embed.weight for embed in self.point_embeddings)
-        return self._derived.get("point_table", weights, lambda: torch.cat(weights))
+        height, width = self.input_image_size
+
+        def build():
+            fourier = reference.fourier_affine(gaussian, int(height), int(width), dtype)
+            return fourier, torch.cat(weights)
+
+        return self._derived.get(("sparse", dtype), (gaussian, *weights), build)
 
     def _sparse(self, coords, labels, boxes, pad: bool, out_dtype: torch.dtype) -> Tensor:
         """One op call: tokens of points, padding and box corners -> [B, T, C] in out_dtype."""
@@ -182,11 +190,9 @@ class PromptEncoder(nn.Module):
         if coords is None:
             coords, labels = like.new_empty((batch, 0, 2)), like.new_empty((batch, 0))
         boxes = like.new_empty((batch, 0, 4)) if boxes is None else boxes.reshape(batch, -1, 4)
-        fourier_dtype = reference.compute_dtype(out_dtype)
+        fourier, point_table = self._sparse_constants(reference.compute_dtype(out_dtype))
         return ops.sparse_embed(
-            coords, labels, boxes, pad,
-            self.pe_layer.fourier(self.input_image_size, fourier_dtype),
-            self._point_table(), self.not_a_point_embed.weight,
+            coords, labels, boxes, pad, fourier, point_table, self.not_a_point_embed.weight,
             out_dtype, self._use_triton(out_dtype),
         )
 

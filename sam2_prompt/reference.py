@@ -44,8 +44,9 @@ def fourier_affine(gaussian: torch.Tensor, image_h: int, image_w: int, dtype=tor
 
 
 def angles_into(coords: torch.Tensor, fourier: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """2 pi t for pixel coordinates: coords [M, 2], fourier [3, F] -> out [M, F] (may be a view)."""
-    return torch.addmm(fourier[2], coords, fourier[:2], beta=TWO_PI, alpha=TWO_PI, out=out)
+    """2 pi t for homogeneous pixel coordinates: coords [M, 3] = (x, y, 1), fourier [3, F]
+    -> out [M, F] (may be a strided view; its old contents are ignored, NaN included)."""
+    return torch.addmm(out, coords, fourier, beta=0.0, alpha=TWO_PI, out=out)
 
 
 def unit_pe(unit_coords: torch.Tensor, gaussian: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -60,28 +61,31 @@ def gather_tokens(point_coords, point_labels, boxes, pad: bool, dtype: torch.dty
     """Lay out the tokens of each prompt: points, one padding token if ``pad``, two corners per box.
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4]
-    -> coords [B, T, 2], labels [B, T], both in ``dtype``; T = N + pad + 2K.
-    Small tensors (2 or 1 values per token), so these copies are cheap. The padding token's
-    coordinates are left at 0: its label discards them.
+    -> coords [B, T, 3] as homogeneous (x, y, 1), labels [B, T], both in ``dtype``; T = N + pad + 2K.
+    Small tensors (3 or 1 values per token), so these copies are cheap. The padding token's
+    coordinates are (1, 1): its label discards them.
     """
     batch, num_points = point_labels.shape
     corners_at, num_corners = num_points + int(pad), 2 * boxes.shape[1]
+    if num_corners == 0:  # SAM-2's usual call: points and a padding token, two small pads
+        coords = F.pad(_as(point_coords, dtype), (0, 1, 0, int(pad)), value=1.0)
+        return coords, F.pad(_as(point_labels, dtype), (0, int(pad)), value=PAD_LABEL)
     tokens = corners_at + num_corners
-    if num_corners == 0:  # SAM-2's usual call: points and one padding token, two small pads
-        coords = F.pad(point_coords.to(dtype), (0, 0, 0, int(pad)))
-        return coords, F.pad(point_labels.to(dtype), (0, int(pad)), value=PAD_LABEL)
-    coords = torch.zeros(batch, tokens, 2, device=point_coords.device, dtype=dtype)
+    coords = torch.ones(batch, tokens, 3, device=point_coords.device, dtype=dtype)
     labels = torch.empty(batch, tokens, device=point_coords.device, dtype=dtype)
     if num_points:
-        coords[:, :num_points] = point_coords
+        coords[:, :num_points, :2] = point_coords
         labels[:, :num_points] = point_labels
     if pad:
         labels[:, num_points] = PAD_LABEL
-    if num_corners:
-        coords[:, corners_at:] = boxes.reshape(batch, num_corners, 2)
-        labels[:, corners_at::2] = 2.0
-        labels[:, corners_at + 1 :: 2] = 3.0
+    coords[:, corners_at:, :2] = boxes.reshape(batch, num_corners, 2)
+    labels[:, corners_at::2] = 2.0
+    labels[:, corners_at + 1 :: 2] = 3.0
     return coords, labels
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def sparse_embed(
@@ -110,14 +114,14 @@ def sparse_embed(
         coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
         labels = labels.view(-1, 1)
         sin_half, cos_half = out[:, :freqs], out[:, freqs:]
-        angles_into(coords.view(-1, 2), fourier.to(dtype), out=cos_half)
+        angles_into(coords.view(-1, 3), _as(fourier, dtype), out=cos_half)
         torch.sin(cos_half, out=sin_half)
         cos_half.cos_()
         # Rows with label 0..3 get their table row added, through one small GEMM with a one-hot.
         label_ids = torch.arange(NUM_POINT_LABELS, device=out.device, dtype=dtype)
-        out.addmm_((labels == label_ids).to(dtype), point_table.to(dtype))
+        out.addmm_((labels == label_ids).to(dtype), _as(point_table, dtype))
         # Label -1 is exactly not_a_point, whatever the coordinates were (NaN included).
-        torch.where(labels == PAD_LABEL, not_a_point.to(dtype), out, out=out)
+        torch.where(labels == PAD_LABEL, _as(not_a_point, dtype), out, out=out)
     out = out.view(batch, tokens, channels)
     return out if out_dtype == dtype else out.to(out_dtype)
 
@@ -153,9 +157,9 @@ def sparse_embed_backward(
 
     # Coordinates: d/dx of [sin(angle), cos(angle)], angle = (x, y, 1) @ weight; padding rows
     # (whose coordinates may be NaN) contribute nothing.
-    fourier = fourier.to(dtype)
-    safe_coords = torch.where(keep[:, None], coords.reshape(-1, 2), 0.0)
-    angles = angles_into(safe_coords, fourier, out=None)
+    fourier = _as(fourier, dtype)
+    safe_coords = torch.where(keep[:, None], coords.reshape(-1, 3), 0.0)
+    angles = angles_into(safe_coords, fourier, out=torch.empty_like(grad[:, :freqs]))
     grad_angle = grad[:, :freqs] * angles.cos() - grad[:, freqs:] * angles.sin()
     grad_angle = torch.where(keep[:, None], grad_angle * TWO_PI, 0.0)
     grad_coords = (grad_angle @ fourier[:2].t()).reshape(batch, tokens, 2)
