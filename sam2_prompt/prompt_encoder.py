@@ -178,8 +178,9 @@ class PromptEncoder(nn.Module):
         height, width = self.input_image_size
 
         def build():
-            fourier = reference.fourier_affine(gaussian, int(height), int(width), dtype)
-            return fourier, torch.cat(weights)
+            # Folded in fp64 and rounded once: the best fp32 constants.
+            fourier = reference.fourier_affine(gaussian, int(height), int(width), torch.float64)
+            return fourier.to(dtype), torch.cat(weights)
 
         return self._derived.get(("sparse", dtype), (gaussian, *weights), build)
 
