@@ -112,15 +112,18 @@ def _sparse_embed(
     point_labels: Tensor,
     boxes: Tensor,
     pad: bool,
-    fourier: Tensor,
+    gaussian: Tensor,
     point_table: Tensor,
     not_a_point: Tensor,
+    image_h: int,
+    image_w: int,
     out_dtype: torch.dtype,
     use_triton: bool,
 ) -> Tensor:
-    """point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4], fourier: [3, F],
+    """point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4], gaussian: [2, F],
     point_table: [4, C], not_a_point: [1, C] -> [B, N + pad + 2K, C] (see reference.sparse_embed)."""
-    args = (point_coords, point_labels, boxes, pad, fourier, point_table, not_a_point, out_dtype)
+    args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
+            image_h, image_w, out_dtype)
     if use_triton:
         from .kernels.sparse import sparse_embed_fwd
 
@@ -134,12 +137,14 @@ def _sparse_embed_backward(
     point_labels: Tensor,
     boxes: Tensor,
     pad: bool,
-    fourier: Tensor,
+    gaussian: Tensor,
+    image_h: int,
+    image_w: int,
     use_triton: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """grad_out: [B, T, C] -> grads of point_coords [B, N, 2], boxes [B, K, 4],
     point_table [4, C], not_a_point [1, C] (fp32; fp64 for an fp64 grad_out)."""
-    args = (grad_out, point_coords, point_labels, boxes, pad, fourier)
+    args = (grad_out, point_coords, point_labels, boxes, pad, gaussian, image_h, image_w)
     if use_triton:
         from .kernels.sparse import sparse_embed_bwd
 
@@ -156,39 +161,50 @@ def sparse_embed(
     point_labels: Tensor,
     boxes: Tensor,
     pad: bool,
-    fourier: Tensor,
+    gaussian: Tensor,
     point_table: Tensor,
     not_a_point: Tensor,
+    image_h: int,
+    image_w: int,
     out_dtype: torch.dtype,
     use_triton: bool,
+    fourier: Optional[Tensor] = None,
 ) -> Tensor:
-    """The sparse op (``sam2_prompt::sparse_embed``); see :func:`_sparse_embed` for shapes."""
-    args = (point_coords, point_labels, boxes, pad, fourier, point_table, not_a_point, out_dtype)
+    """The sparse op (``sam2_prompt::sparse_embed``); see :func:`_sparse_embed` for shapes.
+
+    fourier: the PyTorch path's folded constants, if the caller caches them (eager only)."""
+    args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
+            image_h, image_w, out_dtype)
     if _eager_inference(point_coords, boxes, point_table, not_a_point):
+        if not use_triton:
+            return reference.sparse_embed(*args, fourier=fourier)
         return _direct(_sparse_embed, use_triton, *args)
     return sparse_embed_op(*args, use_triton)
 
 
 def _sparse_setup_context(ctx, inputs, output):
-    point_coords, point_labels, boxes, pad, fourier, point_table, not_a_point, _, tri = inputs
-    ctx.save_for_backward(point_coords, point_labels, boxes, fourier)
-    ctx.pad, ctx.use_triton = pad, tri
+    (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
+     image_h, image_w, _, use_triton) = inputs
+    ctx.save_for_backward(point_coords, point_labels, boxes, gaussian)
+    ctx.pad, ctx.image_h, ctx.image_w, ctx.use_triton = pad, image_h, image_w, use_triton
     ctx.table_dtype, ctx.not_a_point_dtype = point_table.dtype, not_a_point.dtype
 
 
 def _sparse_backward(ctx, grad_out):
-    point_coords, point_labels, boxes, fourier = ctx.saved_tensors
+    point_coords, point_labels, boxes, gaussian = ctx.saved_tensors
     grad_coords, grad_boxes, grad_table, grad_nap = sparse_embed_backward_op(
-        grad_out.contiguous(), point_coords, point_labels, boxes, ctx.pad, fourier, ctx.use_triton
+        grad_out.contiguous(), point_coords, point_labels, boxes, ctx.pad, gaussian,
+        ctx.image_h, ctx.image_w, ctx.use_triton,
     )
 
     def cast(grad, like):
         return grad.to(like.dtype) if like.is_floating_point() else None
 
-    # The Fourier constants come from the Gaussian matrix, a buffer (no gradient) as upstream.
+    # The Gaussian matrix is a buffer (no gradient), as upstream's.
     return (
         cast(grad_coords, point_coords), None, cast(grad_boxes, boxes), None, None,
-        grad_table.to(ctx.table_dtype), grad_nap.to(ctx.not_a_point_dtype), None, None,
+        grad_table.to(ctx.table_dtype), grad_nap.to(ctx.not_a_point_dtype),
+        None, None, None, None,
     )
 
 

@@ -171,16 +171,15 @@ class PromptEncoder(nn.Module):
         return self.not_a_point_embed.weight.dtype
 
     def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        """(fourier [3, F], point_table [4, C]): turns per pixel of the input image, and the
-        point_embeddings stacked (cached while the buffer and the weights are unchanged)."""
+        """(point_table [4, C], fourier [3, F]): point_embeddings stacked, and the PyTorch path's
+        folded Fourier constants, cached while the weights and the Gaussian buffer are unchanged."""
         gaussian = self.pe_layer.positional_encoding_gaussian_matrix
         weights = tuple(embed.weight for embed in self.point_embeddings)
         height, width = self.input_image_size
 
         def build():
-            # Folded in fp64 and rounded once: the best fp32 constants.
-            fourier = reference.fourier_affine(gaussian, int(height), int(width), torch.float64)
-            return fourier.to(dtype), torch.cat(weights)
+            fourier = reference.fourier_affine(gaussian, int(height), int(width), dtype)
+            return torch.cat(weights), fourier
 
         return self._derived.get(("sparse", dtype), (gaussian, *weights), build)
 
@@ -191,10 +190,12 @@ class PromptEncoder(nn.Module):
         if coords is None:
             coords, labels = like.new_empty((batch, 0, 2)), like.new_empty((batch, 0))
         boxes = like.new_empty((batch, 0, 4)) if boxes is None else boxes.reshape(batch, -1, 4)
-        fourier, point_table = self._sparse_constants(reference.compute_dtype(out_dtype))
+        height, width = self.input_image_size
+        point_table, fourier = self._sparse_constants(reference.compute_dtype(out_dtype))
         return ops.sparse_embed(
-            coords, labels, boxes, pad, fourier, point_table, self.not_a_point_embed.weight,
-            out_dtype, self._use_triton(out_dtype),
+            coords, labels, boxes, pad, self.pe_layer.positional_encoding_gaussian_matrix,
+            point_table, self.not_a_point_embed.weight, int(height), int(width),
+            out_dtype, self._use_triton(out_dtype), fourier,
         )
 
     def _check_device(self, name: str, value: Tensor) -> None:

@@ -29,18 +29,20 @@ def compute_dtype(out_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if out_dtype == torch.float64 else torch.float32
 
 
-def fourier_affine(gaussian: torch.Tensor, image_h: int, image_w: int, dtype=torch.float32):
+def fourier_affine(gaussian: torch.Tensor, image_h: int, image_w: int, dtype: torch.dtype):
     """Fold the pixel-centre shift, normalisation and projection into turns per pixel.
 
     gaussian: [2, F] -> fourier [3, F] with rows (a, b, c): a token at pixel (x, y) is at
-    ``t = x a + y b + c`` turns, i.e. a = 2 G0 / W, b = 2 G1 / H, c = (1/W - 1) G0 + (1/H - 1) G1.
+    ``t = x a + y b + c`` turns, i.e. a = 2 G0 / W, b = 2 G1 / H, c = (1/W - 1) G0 + (1/H - 1) G1,
+    folded in fp64 and rounded once to ``dtype``.
     """
-    g = gaussian.to(dtype)
-    return torch.stack([
+    g = gaussian.double()
+    folded = torch.stack([
         g[0] * (2.0 / image_w),
         g[1] * (2.0 / image_h),
         torch.add(g[0] * (1.0 / image_w - 1.0), g[1], alpha=1.0 / image_h - 1.0),
     ])
+    return _as(folded, dtype)
 
 
 def angles_into(coords: torch.Tensor, fourier: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -93,16 +95,19 @@ def sparse_embed(
     point_labels: torch.Tensor,
     boxes: torch.Tensor,
     pad: bool,
-    fourier: torch.Tensor,
+    gaussian: torch.Tensor,
     point_table: torch.Tensor,
     not_a_point: torch.Tensor,
+    image_h: int,
+    image_w: int,
     out_dtype: torch.dtype,
+    fourier=None,
 ) -> torch.Tensor:
     """Sparse prompt embedding, written once into a preallocated output.
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4] (x0, y0, x1, y1),
-    fourier: [3, F] (see :func:`fourier_affine`), point_table: [4, C], not_a_point: [1, C]
-    ->  [B, N + pad + 2K, C]
+    gaussian: [2, F], point_table: [4, C], not_a_point: [1, C]  ->  [B, N + pad + 2K, C]
+    fourier: ``fourier_affine(gaussian, image_h, image_w, compute dtype)`` if the caller keeps it.
     """
     dtype = compute_dtype(out_dtype)
     batch, num_points = point_labels.shape
@@ -114,7 +119,9 @@ def sparse_embed(
         coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
         labels = labels.view(-1, 1)
         sin_half, cos_half = out[:, :freqs], out[:, freqs:]
-        angles_into(coords.view(-1, 3), _as(fourier, dtype), out=cos_half)
+        if fourier is None:
+            fourier = fourier_affine(gaussian, image_h, image_w, dtype)
+        angles_into(coords.view(-1, 3), fourier, out=cos_half)
         torch.sin(cos_half, out=sin_half)
         cos_half.cos_()
         # Rows with label 0..3 get their table row added, through one small GEMM with a one-hot.
@@ -132,7 +139,9 @@ def sparse_embed_backward(
     point_labels: torch.Tensor,
     boxes: torch.Tensor,
     pad: bool,
-    fourier: torch.Tensor,
+    gaussian: torch.Tensor,
+    image_h: int,
+    image_w: int,
 ):
     """Gradients of :func:`sparse_embed` (sin and cos recomputed).
 
@@ -157,7 +166,7 @@ def sparse_embed_backward(
 
     # Coordinates: d/dx of [sin(angle), cos(angle)], angle = (x, y, 1) @ weight; padding rows
     # (whose coordinates may be NaN) contribute nothing.
-    fourier = _as(fourier, dtype)
+    fourier = fourier_affine(gaussian, image_h, image_w, dtype)
     safe_coords = torch.where(keep[:, None], coords.reshape(-1, 3), 0.0)
     angles = angles_into(safe_coords, fourier, out=torch.empty_like(grad[:, :freqs]))
     grad_angle = grad[:, :freqs] * angles.cos() - grad[:, freqs:] * angles.sin()
@@ -181,7 +190,7 @@ def dense_pe(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype) -> 
     out = torch.empty(2 * freqs, h, w, device=device, dtype=dtype)
     if out.numel() > 0:
         # Grid pixel (i, j) sits at (x, y) = (j, i) in pixels of a (h, w) image.
-        per_x, per_y, offset = (TWO_PI * fourier_affine(gaussian, h, w, dtype))[:, :, None]
+        per_x, per_y, offset = (TWO_PI * fourier_affine(gaussian, h, w, torch.float64)).to(dtype)[:, :, None]
         cols = torch.arange(w, device=device, dtype=dtype)
         rows = torch.arange(h, device=device, dtype=dtype)
         cos_half = out[freqs:]
