@@ -127,8 +127,10 @@ def sparse_embed(
         # Rows with label 0..3 get their table row added, through one small GEMM with a one-hot.
         label_ids = torch.arange(NUM_POINT_LABELS, device=out.device, dtype=dtype)
         out.addmm_((labels == label_ids).to(dtype), _as(point_table, dtype))
-        # Label -1 is exactly not_a_point, whatever the coordinates were (NaN included).
-        torch.where(labels == PAD_LABEL, _as(not_a_point, dtype), out, out=out)
+        # Label -1 is exactly not_a_point, whatever the coordinates were (NaN included). Box
+        # corners alone have labels 2 and 3 only: no pass needed.
+        if pad or num_points:
+            torch.where(labels == PAD_LABEL, _as(not_a_point, dtype), out, out=out)
     out = out.view(batch, tokens, channels)
     return out if out_dtype == dtype else out.to(out_dtype)
 
