@@ -148,8 +148,11 @@ def _sparse_embed_backward(
     if use_triton:
         from .kernels.sparse import sparse_embed_bwd
 
-        return sparse_embed_bwd(*args)
-    return reference.sparse_embed_backward(*args)
+        grads = sparse_embed_bwd(*args)
+    else:
+        grads = reference.sparse_embed_backward(*args)
+    # An op's outputs may not alias each other; these are small ([B, N, 2], [B, K, 4], [5, C]).
+    return tuple(g.clone() for g in grads)
 
 
 sparse_embed_op = _define("sam2_prompt::sparse_embed")(_sparse_embed)
