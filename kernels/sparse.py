@@ -36,6 +36,19 @@ def centred_slope(gauss, half_extent, inv_half_extent):
 
 
 @triton.jit
+def image_slopes(gauss_ptr, gauss_s0, gauss_s1, freq_tile, freq_ok, x_shift, y_shift, half_w,
+                 half_h, inv_half_w, inv_half_h):
+    """Per-frequency slopes 2 G / extent (correctly rounded) in the tile's shape, and the fp32
+    centring shifts: turns = fma(x + x_shift, slope_x, (y + y_shift) * slope_y)."""
+    g0 = tl.load(gauss_ptr + freq_tile * gauss_s1, mask=freq_ok, other=0.0).to(tl.float32)
+    g1 = tl.load(gauss_ptr + gauss_s0 + freq_tile * gauss_s1, mask=freq_ok,
+                 other=0.0).to(tl.float32)
+    slope_x = centred_slope(g0, tl.cast(half_w, tl.float32), tl.cast(inv_half_w, tl.float32))
+    slope_y = centred_slope(g1, tl.cast(half_h, tl.float32), tl.cast(inv_half_h, tl.float32))
+    return slope_x, slope_y, tl.cast(x_shift, tl.float32), tl.cast(y_shift, tl.float32)
+
+
+@triton.jit
 def load_tokens(
     row, rows, tokens, num_points, pad,
     coords_ptr, coords_sb, coords_sn, coords_sd, labels_ptr, labels_sb, labels_sn,
@@ -110,13 +123,9 @@ def _sparse_embed_fwd_kernel(
     # Loaded in the full tile shape so that the loads (and everything downstream) take the
     # layout of the output stores: 16-byte vectors along the frequencies, no layout conversions.
     freq_tile = freq + tl.zeros([1, BLOCK_T, 1], dtype=tl.int32)
-    g0 = tl.load(gauss_ptr + freq_tile * gauss_s1, mask=freq_ok, other=0.0).to(tl.float32)
-    g1 = tl.load(gauss_ptr + gauss_s0 + freq_tile * gauss_s1, mask=freq_ok,
-                 other=0.0).to(tl.float32)
-    slope_x = centred_slope(g0, tl.cast(half_w, tl.float32), tl.cast(inv_half_w, tl.float32))
-    slope_y = centred_slope(g1, tl.cast(half_h, tl.float32), tl.cast(inv_half_h, tl.float32))
-    x_shift = tl.cast(x_shift, tl.float32)
-    y_shift = tl.cast(y_shift, tl.float32)
+    slope_x, slope_y, x_shift, y_shift = image_slopes(
+        gauss_ptr, gauss_s0, gauss_s1, freq_tile, freq_ok, x_shift, y_shift, half_w, half_h,
+        inv_half_w, inv_half_h)
 
     for rep in tl.static_range(REPS):
         row = (pid * REPS + rep) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :, None]  # int32
@@ -182,13 +191,9 @@ def _sparse_embed_bwd_kernel(
     freq = tl.arange(0, BLOCK_F)[None, :]
     freq_ok = freq < F
     freq_tile = freq + tl.zeros([BLOCK_T, 1], dtype=tl.int32)
-    g0 = tl.load(gauss_ptr + freq_tile * gauss_s1, mask=freq_ok, other=0.0).to(tl.float32)
-    g1 = tl.load(gauss_ptr + gauss_s0 + freq_tile * gauss_s1, mask=freq_ok,
-                 other=0.0).to(tl.float32)
-    slope_x = centred_slope(g0, tl.cast(half_w, tl.float32), tl.cast(inv_half_w, tl.float32))
-    slope_y = centred_slope(g1, tl.cast(half_h, tl.float32), tl.cast(inv_half_h, tl.float32))
-    x_shift = tl.cast(x_shift, tl.float32)
-    y_shift = tl.cast(y_shift, tl.float32)
+    slope_x, slope_y, x_shift, y_shift = image_slopes(
+        gauss_ptr, gauss_s0, gauss_s1, freq_tile, freq_ok, x_shift, y_shift, half_w, half_h,
+        inv_half_w, inv_half_h)
 
     zero = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.float32)
     sin0, sin1, sin2, sin3, sin_pad = zero, zero, zero, zero, zero
