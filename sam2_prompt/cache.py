@@ -28,6 +28,3 @@ class DerivedCache:
         value = build()
         self._entries[key] = (sources, versions, value)
         return value
-
-    def clear(self) -> None:
-        self._entries.clear()
