@@ -231,3 +231,12 @@ def dense_pe(gaussian: Tensor, h: int, w: int, out_dtype: torch.dtype, use_trito
     if _eager_inference(gaussian):
         return _direct(_dense_pe, use_triton, gaussian, h, w, out_dtype)
     return dense_pe_op(gaussian, h, w, out_dtype, use_triton)
+
+
+def decompose_for_export(program: "torch.export.ExportedProgram") -> "torch.export.ExportedProgram":
+    """Replace the sparse op in an exported program by plain aten ops (the functional reference),
+    e.g. before ``torch.onnx.export(program)``: ONNX has no sam2_prompt ops."""
+    return program.run_decompositions({
+        torch.ops.sam2_prompt.sparse_embed.default:
+            lambda *args: reference.sparse_embed_functional(*args[:-1]),
+    })

@@ -135,6 +135,30 @@ def sparse_embed(
     return out if out_dtype == dtype else out.to(out_dtype)
 
 
+def sparse_embed_functional(
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    boxes: torch.Tensor,
+    pad: bool,
+    gaussian: torch.Tensor,
+    point_table: torch.Tensor,
+    not_a_point: torch.Tensor,
+    image_h: int,
+    image_w: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """:func:`sparse_embed` without in-place writes (the readable form), for exporters such as
+    ONNX, which take the op apart into these aten ops. Same shapes and results."""
+    dtype = compute_dtype(out_dtype)
+    coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
+    angles = (coords @ fourier_affine(gaussian, image_h, image_w, dtype)) * TWO_PI
+    encoding = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    labels = labels[..., None]
+    label_ids = torch.arange(NUM_POINT_LABELS, device=labels.device, dtype=dtype)
+    encoding = encoding + (labels == label_ids).to(dtype) @ _as(point_table, dtype)
+    return torch.where(labels == PAD_LABEL, _as(not_a_point, dtype), encoding).to(out_dtype)
+
+
 def sparse_embed_backward(
     grad_out: torch.Tensor,
     point_coords: torch.Tensor,

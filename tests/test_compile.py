@@ -70,3 +70,24 @@ def test_export_with_a_dynamic_point_count(encoder):
         coords, labels = random_points(2, n, image=IMAGE, seed=n)
         torch.testing.assert_close(program.module()(coords, labels),
                                    encoder((coords, labels), None, None)[0], atol=1e-6, rtol=0)
+
+
+def test_onnx_export_runs_in_onnxruntime(encoder):
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from sam2_prompt.ops import decompose_for_export
+
+    points = torch.export.Dim("points", min=1, max=64)
+    coords, labels = random_points(2, 3, image=IMAGE)
+    program = torch.export.export(Sparse(encoder), (coords, labels),
+                                  dynamic_shapes=({1: points}, {1: points}))
+    onnx_program = torch.onnx.export(decompose_for_export(program), dynamo=True)
+    session = ort.InferenceSession(onnx_program.model_proto.SerializeToString())
+    names = [i.name for i in session.get_inputs()]
+    for n in (1, 5, 16):
+        coords, labels = random_points(2, n, image=IMAGE, seed=n)
+        (got,) = session.run(None, {names[0]: coords.numpy(), names[1]: labels.numpy()})
+        with torch.no_grad():
+            want = encoder((coords, labels), None, None)[0]
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=2e-5, rtol=0)
