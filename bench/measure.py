@@ -68,7 +68,9 @@ def bytes_allocated(fn: Callable, args, device) -> int:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                     profile_memory=True) as prof:
             fn(*args)
-    return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+    # An op's memory usage includes its children's (aten::to -> _to_copy -> empty_strided):
+    # count each allocation once, as the self usage of the op that made it.
+    return sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
 
 
 class OpTraffic(TorchDispatchMode):

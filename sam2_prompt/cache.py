@@ -5,7 +5,8 @@ in-place edits, ``load_state_dict`` (an in-place copy) and ``.to()`` (new tensor
 Nothing is cached while tracing (torch.compile, export) or when a source needs a gradient.
 """
 
-from typing import Any, Callable, Dict, Hashable, Tuple
+import operator
+from typing import Any, Callable, Dict, Hashable, List, Tuple
 
 import torch
 from torch import Tensor
@@ -13,7 +14,7 @@ from torch import Tensor
 
 class DerivedCache:
     def __init__(self) -> None:
-        self._entries: Dict[Hashable, Tuple[Tuple[Tensor, ...], Tuple[int, ...], Any]] = {}
+        self._entries: Dict[Hashable, Tuple[Tuple[Tensor, ...], List[int], Any]] = {}
 
     def get(self, key: Hashable, sources: Tuple[Tensor, ...], build: Callable[[], Any]) -> Any:
         if torch.compiler.is_compiling() or (
@@ -21,9 +22,9 @@ class DerivedCache:
         ):
             return build()
         key = (key, torch.is_inference_mode_enabled())
-        versions = tuple(s._version for s in sources)
+        versions = [s._version for s in sources]
         hit = self._entries.get(key)
-        if hit is not None and hit[1] == versions and all(a is b for a, b in zip(hit[0], sources)):
+        if hit is not None and hit[1] == versions and all(map(operator.is_, hit[0], sources)):
             return hit[2]
         value = build()
         self._entries[key] = (sources, versions, value)

@@ -106,8 +106,11 @@ class PromptEncoder(nn.Module):
         self._backend_request = ops.check_backend(value)
         self.pe_layer.backend = self._backend_request
 
-    def _use_triton(self, out_dtype: torch.dtype) -> bool:
-        return ops.use_triton(self._backend_request, self.not_a_point_embed.weight.device, out_dtype)
+    def _use_triton(self, out_dtype: torch.dtype, device: Optional[torch.device] = None) -> bool:
+        if self._backend_request == "torch":
+            return False
+        device = self.not_a_point_embed.weight.device if device is None else device
+        return ops.use_triton(self._backend_request, device, out_dtype)
 
     # ----------------------------------------------------------------------------- upstream API
     def get_dense_pe(self) -> Tensor:
@@ -150,60 +153,65 @@ class PromptEncoder(nn.Module):
         self, points: Optional[Points], boxes: Optional[Tensor], masks: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
         """Sparse embeddings [B, N + pad + 2K, C] and dense embeddings [B, C, H_emb, W_emb]."""
-        self._validate(points, boxes, masks)
+        not_a_point = self.not_a_point_embed.weight  # the module's device and dtype, looked up once
+        self._validate(points, boxes, masks, not_a_point.device)
         bs = self._get_batch_size(points, boxes, masks)
-        out_dtype = self._weight_dtype()
+        out_dtype = not_a_point.dtype
         if points is None and boxes is None:
-            device = self.not_a_point_embed.weight.device
-            sparse = torch.empty((bs, 0, self.embed_dim), device=device, dtype=out_dtype)
+            sparse = torch.empty((bs, 0, self.embed_dim), device=not_a_point.device, dtype=out_dtype)
         else:
             coords, labels = points if points is not None else (None, None)
-            sparse = self._sparse(coords, labels, boxes, boxes is None, out_dtype)
+            sparse = self._sparse(coords, labels, boxes, boxes is None, out_dtype, not_a_point)
         if masks is not None:
             dense = self._embed_masks(masks)
         else:
             h, w = self.image_embedding_size
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+            no_mask = self.no_mask_embed._parameters["weight"]
+            dense = no_mask.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
         return sparse, dense
 
     # ----------------------------------------------------------------------------- internals
     def _weight_dtype(self) -> torch.dtype:
         return self.not_a_point_embed.weight.dtype
 
-    def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        """(point_table [4, C], fourier [3, F]): point_embeddings stacked, and the PyTorch path's
-        folded Fourier constants, cached while the weights and the Gaussian buffer are unchanged."""
-        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
-        weights = tuple(embed.weight for embed in self.point_embeddings)
+    def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+        """(point_table [4, C], weights [3, C], gaussian [2, F]): point_embeddings stacked, the
+        PyTorch path's folded Fourier constants (cached while the weights and the Gaussian buffer
+        are unchanged), and the Gaussian buffer itself."""
+        # Straight from the parameter/buffer dicts: nn.Module's attribute fallback is slow per call.
+        gaussian = self.pe_layer._buffers["positional_encoding_gaussian_matrix"]
+        weights = tuple(embed._parameters["weight"] for embed in self.point_embeddings._modules.values())
         height, width = self.input_image_size
 
         def build():
-            fourier = reference.fourier_affine(gaussian, int(height), int(width), dtype)
-            return torch.cat(weights), fourier
+            folded = reference.sincos_weights(gaussian, int(height), int(width), dtype)
+            return torch.cat(weights), folded, gaussian
 
         return self._derived.get(("sparse", dtype), (gaussian, *weights), build)
 
-    def _sparse(self, coords, labels, boxes, pad: bool, out_dtype: torch.dtype) -> Tensor:
+    def _sparse(self, coords, labels, boxes, pad: bool, out_dtype: torch.dtype,
+                not_a_point: Optional[Tensor] = None) -> Tensor:
         """One op call: tokens of points, padding and box corners -> [B, T, C] in out_dtype."""
+        if not_a_point is None:
+            not_a_point = self.not_a_point_embed.weight
         like = coords if coords is not None else boxes
         batch = like.shape[0]
         if coords is None:
             coords, labels = like.new_empty((batch, 0, 2)), like.new_empty((batch, 0))
         boxes = like.new_empty((batch, 0, 4)) if boxes is None else boxes.reshape(batch, -1, 4)
         height, width = self.input_image_size
-        point_table, fourier = self._sparse_constants(reference.compute_dtype(out_dtype))
+        point_table, folded, gaussian = self._sparse_constants(reference.compute_dtype(out_dtype))
         return ops.sparse_embed(
-            coords, labels, boxes, pad, self.pe_layer.positional_encoding_gaussian_matrix,
-            point_table, self.not_a_point_embed.weight, int(height), int(width),
-            out_dtype, self._use_triton(out_dtype), fourier,
+            coords, labels, boxes, pad, gaussian, point_table, not_a_point, int(height), int(width),
+            out_dtype, self._use_triton(out_dtype, not_a_point.device), folded,
         )
 
-    def _check_device(self, name: str, value: Tensor) -> None:
-        device = self.not_a_point_embed.weight.device
+    def _check_device(self, name: str, value: Tensor, device: Optional[torch.device] = None) -> None:
+        device = self.not_a_point_embed.weight.device if device is None else device
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but the PromptEncoder is on {device}")
 
-    def _check_points(self, points) -> Tuple[Tensor, Tensor]:
+    def _check_points(self, points, device=None) -> Tuple[Tensor, Tensor]:
         if not isinstance(points, (tuple, list)) or len(points) != 2:
             raise TypeError(
                 f"points must be a (coords, labels) pair of tensors, got {type(points).__name__}"
@@ -218,36 +226,36 @@ class PromptEncoder(nn.Module):
                 f"point labels must be [B, N] = {_shape(coords)[:2]} to match coords "
                 f"{_shape(coords)}, got {_shape(labels)}"
             )
-        self._check_device("point coords", coords)
-        self._check_device("point labels", labels)
+        self._check_device("point coords", coords, device)
+        self._check_device("point labels", labels, device)
         return coords, labels
 
-    def _check_boxes(self, boxes) -> Tensor:
+    def _check_boxes(self, boxes, device=None) -> Tensor:
         boxes = _check_tensor("boxes", boxes)
         if boxes.dim() not in (2, 3) or boxes.shape[-1] != 4:
             raise ValueError(f"boxes must be [B, 4] or [B, K, 4], got {_shape(boxes)}")
-        self._check_device("boxes", boxes)
+        self._check_device("boxes", boxes, device)
         return boxes
 
-    def _check_masks(self, masks) -> Tensor:
+    def _check_masks(self, masks, device=None) -> Tensor:
         masks = _check_tensor("masks", masks)
         if not masks.is_floating_point():
             raise TypeError(f"masks must be a floating tensor, got dtype {masks.dtype}")
         expected = (1, *self.mask_input_size)
         if masks.dim() != 4 or tuple(masks.shape[1:]) != expected:
             raise ValueError(f"masks must be [B, {', '.join(map(str, expected))}], got {_shape(masks)}")
-        self._check_device("masks", masks)
+        self._check_device("masks", masks, device)
         return masks
 
-    def _validate(self, points, boxes, masks) -> None:
+    def _validate(self, points, boxes, masks, device=None) -> None:
         """Check every input before any work; batch sizes of points, boxes and masks must agree."""
         batches = []
         if points is not None:
-            batches.append(("points", self._check_points(points)[0].shape[0]))
+            batches.append(("points", self._check_points(points, device)[0].shape[0]))
         if boxes is not None:
-            batches.append(("boxes", self._check_boxes(boxes).shape[0]))
+            batches.append(("boxes", self._check_boxes(boxes, device).shape[0]))
         if masks is not None:
-            batches.append(("masks", self._check_masks(masks).shape[0]))
-        if len({size for _, size in batches}) > 1:
+            batches.append(("masks", self._check_masks(masks, device).shape[0]))
+        if len(batches) > 1 and len({size for _, size in batches}) > 1:
             sizes = ", ".join(f"{name} {size}" for name, size in batches)
             raise ValueError(f"points, boxes and masks must have the same batch size, got {sizes}")

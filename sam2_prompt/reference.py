@@ -6,7 +6,7 @@ Notation: a token has pixel coordinates ``(x, y)`` on an image of ``image_h x im
 SAM-2 shifts to the pixel centre and normalises, ``u = 2 (x + 0.5) / W - 1`` (likewise ``v`` with H),
 and projects with the Gaussian matrix ``G: [2, F]`` to ``t_f = u G[0, f] + v G[1, f]`` turns; the
 positional encoding is ``[sin(2 pi t), cos(2 pi t)]`` (``C = 2F`` channels, sin half first).
-Folded into one affine map per frequency: ``t_f = x a_f + y b_f + c_f`` (see :func:`fourier_weight`).
+Folded into one affine map per frequency: ``t_f = x a_f + y b_f + c_f`` (see :func:`fourier_affine`).
 
 Labels: -1 -> exactly ``not_a_point`` (positional part discarded, even for NaN coordinates);
 0..3 -> positional encoding + ``point_table[label]``; anything else -> the bare positional encoding.
@@ -45,10 +45,13 @@ def fourier_affine(gaussian: torch.Tensor, image_h: int, image_w: int, dtype: to
     return _as(folded, dtype)
 
 
-def angles_into(coords: torch.Tensor, fourier: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """2 pi t for homogeneous pixel coordinates: coords [M, 3] = (x, y, 1), fourier [3, F]
-    -> out [M, F] (may be a strided view; its old contents are ignored, NaN included)."""
-    return torch.addmm(out, coords, fourier, beta=0.0, alpha=TWO_PI, out=out)
+def sincos_weights(gaussian: torch.Tensor, image_h: int, image_w: int, dtype: torch.dtype):
+    """gaussian: [2, F] -> [3, C] radians per pixel (rows x, y, offset) for both halves: the cos
+    half's offset is shifted by pi/2, so sin of (x, y, 1) @ weights is [sin, cos] in one pass."""
+    turns = fourier_affine(gaussian, image_h, image_w, torch.float64)
+    weights = TWO_PI * torch.cat([turns, turns], dim=1)
+    weights[2, turns.shape[1]:] += math.pi / 2
+    return _as(weights, dtype)
 
 
 def unit_pe(unit_coords: torch.Tensor, gaussian: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -63,15 +66,17 @@ def gather_tokens(point_coords, point_labels, boxes, pad: bool, dtype: torch.dty
     """Lay out the tokens of each prompt: points, one padding token if ``pad``, two corners per box.
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4]
-    -> coords [B, T, 3] as homogeneous (x, y, 1), labels [B, T], both in ``dtype``; T = N + pad + 2K.
+    -> coords [B, T, 3] as homogeneous (x, y, 1) in ``dtype``, labels [B, T] (compared by value, so
+    their dtype may stay the caller's); T = N + pad + 2K.
     Small tensors (3 or 1 values per token), so these copies are cheap. The padding token's
     coordinates are (1, 1): its label discards them.
     """
     batch, num_points = point_labels.shape
     corners_at, num_corners = num_points + int(pad), 2 * boxes.shape[1]
     if num_corners == 0:  # SAM-2's usual call: points and a padding token, two small pads
-        coords = F.pad(_as(point_coords, dtype), (0, 1, 0, int(pad)), value=1.0)
-        return coords, F.pad(_as(point_labels, dtype), (0, int(pad)), value=PAD_LABEL)
+        coords = torch.constant_pad_nd(_as(point_coords, dtype), (0, 1, 0, int(pad)), 1.0)
+        labels = point_labels if point_labels.dtype != torch.bool else point_labels.to(dtype)
+        return coords, torch.constant_pad_nd(labels, (0, int(pad)), PAD_LABEL)
     tokens = corners_at + num_corners
     coords = torch.ones(batch, tokens, 3, device=point_coords.device, dtype=dtype)
     labels = torch.empty(batch, tokens, device=point_coords.device, dtype=dtype)
@@ -101,29 +106,26 @@ def sparse_embed(
     image_h: int,
     image_w: int,
     out_dtype: torch.dtype,
-    fourier=None,
+    weights=None,
 ) -> torch.Tensor:
     """Sparse prompt embedding, written once into a preallocated output.
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4] (x0, y0, x1, y1),
     gaussian: [2, F], point_table: [4, C], not_a_point: [1, C]  ->  [B, N + pad + 2K, C]
-    fourier: ``fourier_affine(gaussian, image_h, image_w, compute dtype)`` if the caller keeps it.
+    weights: ``sincos_weights(gaussian, image_h, image_w, compute dtype)`` if the caller keeps it.
     """
     dtype = compute_dtype(out_dtype)
     batch, num_points = point_labels.shape
     tokens = num_points + int(pad) + 2 * boxes.shape[1]
     channels = point_table.shape[1]
-    freqs = channels // 2
-    out = torch.empty(batch * tokens, channels, device=point_table.device, dtype=dtype)
+    out = point_table.new_empty((batch * tokens, channels), dtype=dtype)
     if out.numel() > 0:
         coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
         labels = labels.view(-1, 1)
-        sin_half, cos_half = out[:, :freqs], out[:, freqs:]
-        if fourier is None:
-            fourier = fourier_affine(gaussian, image_h, image_w, dtype)
-        angles_into(coords.view(-1, 3), fourier, out=cos_half)
-        torch.sin(cos_half, out=sin_half)
-        cos_half.cos_()
+        if weights is None:
+            weights = sincos_weights(gaussian, image_h, image_w, dtype)
+        torch.mm(coords.view(-1, 3), weights, out=out)  # angles, cos half shifted by pi/2
+        out.sin_()
         # Rows with label 0..3 get their table row added, through one small GEMM with a one-hot.
         label_ids = torch.arange(NUM_POINT_LABELS, device=out.device, dtype=dtype)
         out.addmm_((labels == label_ids).to(dtype), _as(point_table, dtype))
@@ -194,7 +196,7 @@ def sparse_embed_backward(
     # (whose coordinates may be NaN) contribute nothing.
     fourier = fourier_affine(gaussian, image_h, image_w, dtype)
     safe_coords = torch.where(keep[:, None], coords.reshape(-1, 3), 0.0)
-    angles = angles_into(safe_coords, fourier, out=torch.empty_like(grad[:, :freqs]))
+    angles = (safe_coords @ fourier) * TWO_PI
     grad_angle = grad[:, :freqs] * angles.cos() - grad[:, freqs:] * angles.sin()
     grad_angle = torch.where(keep[:, None], grad_angle * TWO_PI, 0.0)
     grad_coords = (grad_angle @ fourier[:2].t()).reshape(batch, tokens, 2)
