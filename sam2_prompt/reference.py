@@ -18,7 +18,6 @@ gradcheck), and the result is rounded once to ``out_dtype``.
 import math
 
 import torch
-import torch.nn.functional as F
 
 NUM_POINT_LABELS = 4  # positive, negative, box top-left, box bottom-right
 PAD_LABEL = -1
