@@ -79,10 +79,17 @@ def use_triton(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     return reason is None
 
 
+# Tracers without Dynamo (make_fx, fake tensors) must see the op: a Triton launch bypassing the
+# dispatcher would be missing from their graph, or run on fake tensors.
+_TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchModeKey.FAKE)
+
+
 def _eager_inference(*tensors: Tensor) -> bool:
     """True for a plain eager call that records no autograd: the op's dispatcher and autograd
-    wrappers (about 40 us on a CPU) are skipped and its implementation called directly."""
-    if torch.compiler.is_compiling():
+    wrappers (about 50 us on a CPU) are skipped and its implementation called directly."""
+    if torch.compiler.is_compiling() or any(
+        torch._C._get_dispatch_mode(mode) is not None for mode in _TRACING_MODES
+    ):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 

@@ -174,18 +174,22 @@ class PromptEncoder(nn.Module):
     def _weight_dtype(self) -> torch.dtype:
         return self.not_a_point_embed.weight.dtype
 
-    def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
-        """(point_table [4, C], weights [3, C], gaussian [2, F]): point_embeddings stacked, the
-        PyTorch path's folded Fourier constants (cached while the weights and the Gaussian buffer
-        are unchanged), and the Gaussian buffer itself."""
+    def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """(point_table [4, C], weights [3, C] | None, gaussian [2, F]): point_embeddings stacked,
+        the PyTorch path's folded Fourier constants (cached while the weights and the Gaussian
+        buffer are unchanged; None where only the registered op can use them), and the Gaussian
+        buffer itself."""
         # Straight from the parameter/buffer dicts: nn.Module's attribute fallback is slow per call.
         gaussian = self.pe_layer._buffers["positional_encoding_gaussian_matrix"]
         weights = tuple(embed._parameters["weight"] for embed in self.point_embeddings._modules.values())
         height, width = self.input_image_size
 
         def build():
-            folded = reference.sincos_weights(gaussian, int(height), int(width), dtype)
-            return torch.cat(weights), folded, gaussian
+            table = torch.cat(weights)
+            # Training and tracing call the registered op, which folds its own: skip ~60 us here.
+            if table.requires_grad or torch.compiler.is_compiling():
+                return table, None, gaussian
+            return table, reference.sincos_weights(gaussian, int(height), int(width), dtype), gaussian
 
         return self._derived.get(("sparse", dtype), (gaussian, *weights), build)
 
@@ -256,6 +260,7 @@ class PromptEncoder(nn.Module):
             batches.append(("boxes", self._check_boxes(boxes, device).shape[0]))
         if masks is not None:
             batches.append(("masks", self._check_masks(masks, device).shape[0]))
-        if len(batches) > 1 and len({size for _, size in batches}) > 1:
+        # Pairwise, not through a set: under export a symbolic batch size is not hashable.
+        if any(size != batches[0][1] for _, size in batches[1:]):
             sizes = ", ".join(f"{name} {size}" for name, size in batches)
             raise ValueError(f"points, boxes and masks must have the same batch size, got {sizes}")

@@ -1,10 +1,17 @@
-"""replace_prompt_encoder on Meta's real SAM2Base (sam2.1 hiera-t, random weights, CPU):
-the mask decoder's outputs are unchanged, on both backends."""
+"""replace_prompt_encoder on Meta's real SAM2Base and SAM2ImagePredictor (sam2.1 hiera-t, random
+weights, CPU): the mask decoder's outputs are unchanged, on both backends; what is copied, what is
+refused."""
 
 import copy
+import sys
+import types
+import warnings
+from typing import List
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam2_prompt import (PromptEncoder, replace_prompt_encoder, restore_prompt_encoder,
@@ -54,63 +61,210 @@ def heads(model, features, point_inputs, mask_inputs, multimask):
     return low_res_multimasks, ious, low_res_masks, object_scores
 
 
-@pytest.mark.parametrize("multimask", [True, False])
 @pytest.mark.parametrize("prompt", list(prompts()))
-def test_sam_heads_unchanged(sam2_model, image_features, backend, prompt, multimask):
+def test_sam_heads_unchanged(sam2_model, image_features, backend, prompt):
+    # multimask on and off inside one swap: a fresh encoder's first call under the Triton
+    # interpreter builds the dense grid (~2 s), later calls hit its cache
     point_inputs, mask_inputs = prompts()[prompt]
-    expected = heads(sam2_model, image_features, point_inputs, mask_inputs, multimask)
+    expected = {multimask: heads(sam2_model, image_features, point_inputs, mask_inputs, multimask)
+                for multimask in (True, False)}
     with swapped_prompt_encoder(sam2_model, backend=backend):
         assert isinstance(sam2_model.sam_prompt_encoder, PromptEncoder)
         assert sam2_model.sam_prompt_encoder.backend == backend
-        actual = heads(sam2_model, image_features, point_inputs, mask_inputs, multimask)
+        actual = {multimask: heads(sam2_model, image_features, point_inputs, mask_inputs, multimask)
+                  for multimask in (True, False)}
     assert not isinstance(sam2_model.sam_prompt_encoder, PromptEncoder)  # restored
-    for got, want in zip(actual, expected):
-        torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
+    for multimask in (True, False):
+        names = ("low-res multimasks", "IoUs", "low-res masks", "object scores")
+        for name, got, want in zip(names, actual[multimask], expected[multimask]):
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=0,
+                                       msg=lambda m: f"{name}, multimask={multimask}: {m}")
 
 
-def test_swap_keeps_state_dict_mode_device_and_returns_the_model(sam2_model):
+def test_swap_keeps_state_dict_flags_rng_and_returns_the_model(sam2_model):
     model = copy.deepcopy(sam2_model).train()
+    meta = model.sam_prompt_encoder
+    meta.point_embeddings.requires_grad_(False)  # a frozen part stays frozen
+    meta.mask_downscaling[1].eval()              # a per-module flag is kept
     keys = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
     assert replace_prompt_encoder(model, backend="torch") is model
+    assert torch.equal(torch.get_rng_state(), rng)  # building ours drew nothing from the user's RNG
     ours = model.sam_prompt_encoder
-    assert isinstance(ours, PromptEncoder) and ours.training
+    assert isinstance(ours, PromptEncoder) and ours.training and ours.backend == "torch"
+    assert not ours.mask_downscaling[1].training and ours.mask_downscaling[0].training
+    assert [p.requires_grad for p in ours.parameters()] == [
+        p.requires_grad for p in meta.parameters()]
     assert list(model.state_dict()) == list(keys)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in keys.items())
+    assert meta not in list(model.modules())  # kept on ours as a plain attribute only
+    checkpoint = {k: v + 1.0 if k.startswith("sam_prompt_encoder.point") else v
+                  for k, v in keys.items()}  # a checkpoint of Meta's model loads as it is
+    model.load_state_dict(checkpoint, strict=True)
+    assert torch.equal(ours.point_embeddings[2].weight,
+                       keys["sam_prompt_encoder.point_embeddings.2.weight"] + 1.0)
+    model.load_state_dict(keys, strict=True)
+    assert replace_prompt_encoder(model, backend="auto").sam_prompt_encoder is ours  # idempotent
+    assert ours.backend == "torch"  # "auto" on CPU tensors
     with torch.no_grad():  # fine-tuning happens on ours; restore carries it back
         ours.not_a_point_embed.weight.add_(1.0)
+    ours.eval()
     restore_prompt_encoder(model)
-    assert not isinstance(model.sam_prompt_encoder, PromptEncoder)
-    assert torch.equal(model.sam_prompt_encoder.not_a_point_embed.weight,
+    assert model.sam_prompt_encoder is meta and not meta.training
+    assert torch.equal(meta.not_a_point_embed.weight,
                        keys["sam_prompt_encoder.not_a_point_embed.weight"] + 1.0)
-    with pytest.raises(ValueError, match="nothing to restore"):
+    with pytest.raises(ValueError, match="restore_prompt_encoder: .*nothing to restore"):
         restore_prompt_encoder(model)
 
 
-class ImagePredictorLike:
-    """SAM2ImagePredictor's shape (the model under ``.model``): Meta's class itself imports
-    torchvision, which cannot be installed beside this CPU torch."""
+def test_swapped_context_leaves_an_already_swapped_model_on_its_backend(sam2_model):
+    holder = nn.Module()
+    holder.sam_prompt_encoder = copy.deepcopy(sam2_model.sam_prompt_encoder)
+    replace_prompt_encoder(holder, backend="torch")
+    ours = holder.sam_prompt_encoder
+    with swapped_prompt_encoder(holder, backend="auto") as inside:
+        assert inside is holder and holder.sam_prompt_encoder is ours
+        assert ours._backend_request == "auto"
+    assert holder.sam_prompt_encoder is ours and ours._backend_request == "torch"
+    with pytest.raises(RuntimeError, match="boom"), swapped_prompt_encoder(sam2_model):
+        raise RuntimeError("boom")
+    assert not isinstance(sam2_model.sam_prompt_encoder, PromptEncoder)  # restored on error too
 
-    def __init__(self, model):
-        self.model = model
+
+# --- Meta's SAM2ImagePredictor. Its module imports torchvision, which has no build for this CPU
+# torch: where it is missing, a small stand-in (the three transforms it uses) is put in its place
+# while the predictor module is imported. Both runs of a comparison go through the same stand-in.
+
+class _Resize(nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.size: List[int] = list(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False,
+                             antialias=True).squeeze(0)
 
 
-def test_image_predictor_and_any_module_with_the_attribute(sam2_model):
-    predictor = ImagePredictorLike(copy.deepcopy(sam2_model))
-    assert replace_prompt_encoder(predictor) is predictor
-    assert isinstance(predictor.model.sam_prompt_encoder, PromptEncoder)
+class _Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean: List[float] = list(mean)
+        self.std: List[float] = list(std)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        return (x - mean) / std
+
+
+class _ToTensor:
+    def __call__(self, image: np.ndarray) -> torch.Tensor:  # HWC uint8 -> CHW float in [0, 1]
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+
+
+@pytest.fixture(scope="module")
+def image_predictor_cls(upstream):
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        return SAM2ImagePredictor
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.Resize, transforms.Normalize, transforms.ToTensor = _Resize, _Normalize, _ToTensor
+    stand_in = types.ModuleType("torchvision")
+    stand_in.transforms = transforms
+    names = ("torchvision", "torchvision.transforms", "sam2.utils.transforms",
+             "sam2.sam2_image_predictor")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "torchvision", stand_in)
+        patch.setitem(sys.modules, "torchvision.transforms", transforms)
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        for name in names:  # nothing else in the session sees the stand-in
+            patch.delitem(sys.modules, name, raising=False)
+    return SAM2ImagePredictor
+
+
+@pytest.fixture(scope="module")
+def image_predictor(image_predictor_cls, sam2_model):
+    with warnings.catch_warnings():  # Meta's transforms use the deprecated torch.jit.script
+        warnings.simplefilter("ignore", DeprecationWarning)
+        predictor = image_predictor_cls(sam2_model)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (180, 240, 3), dtype=np.uint8)
+    image[40:120, 60:160] = (230, 200, 60)
+    with torch.no_grad():
+        predictor.set_image(image)  # features once; the prompt encoder does not touch them
+    return predictor
+
+
+def test_image_predictor_predict_unchanged(image_predictor, backend):
+    clicks = dict(point_coords=np.array([[100.0, 80.0], [200.0, 20.0]]),
+                  point_labels=np.array([1, 0]), box=np.array([50.0, 30.0, 170.0, 130.0]), return_logits=True)
+    calls = [{**clicks, "multimask_output": multimask} for multimask in (True, False)]
+
+    def run_all():
+        outputs = [image_predictor.predict(**kwargs) for kwargs in calls]
+        # then a mask prompt from the previous step (SAM's iterative refinement)
+        refine = {**calls[1], "mask_input": outputs[0][2][:1]}
+        return outputs + [image_predictor.predict(**refine)]
+
+    expected = run_all()
+    with swapped_prompt_encoder(image_predictor, backend=backend) as same:
+        assert same is image_predictor
+        assert isinstance(image_predictor.model.sam_prompt_encoder, PromptEncoder)
+        actual = run_all()
+    assert not isinstance(image_predictor.model.sam_prompt_encoder, PromptEncoder)
+    for call, (got_all, want_all) in enumerate(zip(actual, expected)):
+        for name, got, want in zip(("masks", "IoUs", "low-res logits"), got_all, want_all):
+            np.testing.assert_allclose(got, want, atol=1e-3, rtol=0, err_msg=f"call {call}: {name}")
+
+
+def test_any_module_with_the_attribute_and_compiled_wrappers(sam2_model):
     holder = nn.Module()
     holder.sam_prompt_encoder = copy.deepcopy(sam2_model.sam_prompt_encoder).double()
+    holder.sam_prompt_encoder.pe_layer.float()  # dtypes are mirrored tensor by tensor
     replace_prompt_encoder(holder, backend="torch")
-    assert holder.sam_prompt_encoder.not_a_point_embed.weight.dtype == torch.float64
+    ours = holder.sam_prompt_encoder
+    assert ours.not_a_point_embed.weight.dtype == torch.float64
+    assert ours.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.float32
+    restore_prompt_encoder(holder)
+
+    compiled = torch.compile(holder)  # lazily: nothing is compiled here
+    replace_prompt_encoder(compiled)
+    assert isinstance(holder.sam_prompt_encoder, PromptEncoder)
+    assert "sam_prompt_encoder" not in compiled._modules  # swapped inside, not on the wrapper
+    restore_prompt_encoder(compiled)
+    assert not isinstance(holder.sam_prompt_encoder, PromptEncoder)
 
 
 def test_bad_objects_are_refused(sam2_model):
-    with pytest.raises(TypeError, match="needs a SAM-2 model.*got Linear"):
+    with pytest.raises(TypeError, match="model must be a SAM-2 model.*got Linear"):
         replace_prompt_encoder(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="restore_prompt_encoder: model must be .*got str"):
+        restore_prompt_encoder("sam2")
     holder = nn.Module()
     holder.sam_prompt_encoder = nn.Linear(2, 2)
-    with pytest.raises(TypeError, match="not a SAM-2 PromptEncoder"):
+    with pytest.raises(TypeError, match=r"model.sam_prompt_encoder \(Linear\) is not a SAM-2 "
+                       r"PromptEncoder: it has no embed_dim, image_embedding_size"):
         replace_prompt_encoder(holder)
-    with pytest.raises(ValueError, match="backend must be one of"):
-        replace_prompt_encoder(copy.deepcopy(sam2_model), backend="cuda")
+    holder.sam_prompt_encoder = copy.deepcopy(sam2_model.sam_prompt_encoder)
+    del holder.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    with pytest.raises(TypeError, match="has no pe_layer.positional_encoding_gaussian_matrix"):
+        replace_prompt_encoder(holder)
+    holder.sam_prompt_encoder = copy.deepcopy(sam2_model.sam_prompt_encoder)
+    holder.sam_prompt_encoder.mask_downscaling = nn.Sequential(nn.Identity())
+    with pytest.raises(TypeError, match="7-layer"):
+        replace_prompt_encoder(holder)
+    holder.sam_prompt_encoder = torch.compile(copy.deepcopy(sam2_model.sam_prompt_encoder))
+    with pytest.raises(TypeError, match="torch.compile wrapper"):
+        replace_prompt_encoder(holder)
+    before = sam2_model.sam_prompt_encoder
+    for bad in ("cuda", 3):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            replace_prompt_encoder(sam2_model, backend=bad)
+        with pytest.raises(ValueError, match="backend must be one of"):
+            with swapped_prompt_encoder(sam2_model, backend=bad):
+                pass
+    assert sam2_model.sam_prompt_encoder is before  # nothing changed
