@@ -1,6 +1,11 @@
 """DistributedDataParallel with 2 gloo ranks on CPU: parameters stay identical across ranks and
 equal a single-process run on the combined batch."""
 
+import datetime
+import os
+import time
+
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -8,6 +13,7 @@ import torch.multiprocessing as mp
 from sam2_prompt import PromptEncoder
 
 STEPS, PER_RANK = 3, 4
+TIMEOUT_S = 120  # per collective; the whole run takes ~5 s on 2 cores
 
 
 class PromptModel(torch.nn.Module):
@@ -45,7 +51,11 @@ def train(model, rank=None):
 
 def worker(rank, store_path, out_path):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    # Loopback only. Otherwise gloo binds the address the hostname resolves to, and a sandboxed
+    # machine may accept the bind but never the connection: a hang until gloo's 30-minute timeout.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
     try:
         # no_mask_embed gets no gradient when masks are given (as in SAM-2, whose trainer sets this)
         model = torch.nn.parallel.DistributedDataParallel(PromptModel(), find_unused_parameters=True)
@@ -57,7 +67,13 @@ def worker(rank, store_path, out_path):
 
 def test_two_ranks_match_single_process(tmp_path):
     out = str(tmp_path / "params")
-    mp.spawn(worker, args=(str(tmp_path / "store"), out), nprocs=2, join=True)
+    ranks = mp.spawn(worker, args=(str(tmp_path / "store"), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 2 * TIMEOUT_S
+    while not ranks.join(timeout=1.0):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the DDP ranks did not finish within {2 * TIMEOUT_S} s")
     rank0, rank1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     single = PromptModel()
     train(single)  # the combined batch: the mean loss equals the mean of the two halves' losses
