@@ -2,10 +2,10 @@
 C = 256) on the PyTorch path, forward and backward:
 
 - ``reference``: the implementation called directly (no dispatcher, records no autograd), with
-  the Fourier constants folded once beforehand, as the encoder caches them; ``reference, folding``
-  folds them in the call;
+  its constants (folded Fourier weights, label table) derived once beforehand, as the encoder
+  caches them; ``reference, folding`` derives them in the call;
 - ``ops.sparse_embed``: the public wrapper (skips the dispatcher for eager calls that record no
-  autograd, else calls the registered op), given the folded constants as the encoder does;
+  autograd, else calls the registered op), given those constants as the encoder does;
 - ``registered op``: ``torch.ops.sam2_prompt.sparse_embed`` through the dispatcher (and its
   autograd wrapper when an input needs a gradient); it folds the constants in every call;
 - ``encoder``: the whole ``PromptEncoder.forward`` for the same click, for scale.
@@ -37,14 +37,14 @@ def forward_calls(grad: bool):
     torch.manual_seed(0)
     encoder = PromptEncoder(EMBED, (64, 64), (IMAGE, IMAGE), 16, backend="torch")
     encoder.requires_grad_(grad)
-    folded = reference.sincos_weights(GAUSSIAN, IMAGE, IMAGE, torch.float32)
+    constants = reference.sparse_constants(GAUSSIAN, table, not_a_point, IMAGE, IMAGE, torch.float32)
     calls = {
-        "ops.sparse_embed": lambda: ops.sparse_embed(*args, False, folded),
+        "ops.sparse_embed": lambda: ops.sparse_embed(*args, False, constants),
         "registered op": lambda: ops.sparse_embed_op(*args, False),
         "encoder": lambda: encoder(CLICK, None, None)[0],
     }
     if not grad:  # out= writes: the implementation alone cannot record autograd
-        calls["reference"] = lambda: reference.sparse_embed(*args, weights=folded)
+        calls["reference"] = lambda: reference.sparse_embed(*args, constants=constants)
         calls["reference, folding"] = lambda: reference.sparse_embed(*args)
     return calls
 

@@ -178,16 +178,17 @@ def sparse_embed(
     image_w: int,
     out_dtype: torch.dtype,
     use_triton: bool,
-    weights: Optional[Tensor] = None,
+    constants: Optional[tuple] = None,
 ) -> Tensor:
     """The sparse op (``sam2_prompt::sparse_embed``); see :func:`_sparse_embed` for shapes.
 
-    weights: the PyTorch path's folded constants, if the caller caches them (eager only)."""
+    constants: the PyTorch path's ``reference.sparse_constants``, if the caller caches them
+    (eager only)."""
     args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
             image_h, image_w, out_dtype)
     if _eager_inference(point_coords, boxes, point_table, not_a_point):
         if not use_triton:
-            return reference.sparse_embed(*args, weights=weights)
+            return reference.sparse_embed(*args, constants=constants)
         return _direct(_sparse_embed, use_triton, *args)
     return sparse_embed_op(*args, use_triton)
 

@@ -174,9 +174,10 @@ class PromptEncoder(nn.Module):
     def _weight_dtype(self) -> torch.dtype:
         return self.not_a_point_embed.weight.dtype
 
-    def _sparse_constants(self, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor], Tensor]:
-        """(point_table [4, C], weights [3, C] | None, gaussian [2, F]): point_embeddings stacked,
-        the PyTorch path's folded Fourier constants (cached while the weights and the Gaussian
+    def _sparse_constants(self, dtype: torch.dtype, not_a_point: Tensor
+                          ) -> Tuple[Tensor, Optional[tuple], Tensor]:
+        """(point_table [4, C], constants | None, gaussian [2, F]): point_embeddings stacked, the
+        PyTorch path's ``reference.sparse_constants`` (cached while the weights and the Gaussian
         buffer are unchanged; None where only the registered op can use them), and the Gaussian
         buffer itself."""
         # Straight from the parameter/buffer dicts: nn.Module's attribute fallback is slow per call.
@@ -186,12 +187,14 @@ class PromptEncoder(nn.Module):
 
         def build():
             table = torch.cat(weights)
-            # Training and tracing call the registered op, which folds its own: skip ~60 us here.
+            # Training and tracing call the registered op, which derives its own: skip ~60 us here.
             if table.requires_grad or torch.compiler.is_compiling():
                 return table, None, gaussian
-            return table, reference.sincos_weights(gaussian, int(height), int(width), dtype), gaussian
+            constants = reference.sparse_constants(gaussian, table, not_a_point, int(height),
+                                                   int(width), dtype)
+            return table, constants, gaussian
 
-        return self._derived.get(("sparse", dtype), (gaussian, *weights), build)
+        return self._derived.get(("sparse", dtype), (gaussian, not_a_point, *weights), build)
 
     def _sparse(self, coords, labels, boxes, pad: bool, out_dtype: torch.dtype,
                 not_a_point: Optional[Tensor] = None) -> Tensor:
@@ -204,10 +207,11 @@ class PromptEncoder(nn.Module):
             coords, labels = like.new_empty((batch, 0, 2)), like.new_empty((batch, 0))
         boxes = like.new_empty((batch, 0, 4)) if boxes is None else boxes.reshape(batch, -1, 4)
         height, width = self.input_image_size
-        point_table, folded, gaussian = self._sparse_constants(reference.compute_dtype(out_dtype))
+        point_table, constants, gaussian = self._sparse_constants(
+            reference.compute_dtype(out_dtype), not_a_point)
         return ops.sparse_embed(
             coords, labels, boxes, pad, gaussian, point_table, not_a_point, int(height), int(width),
-            out_dtype, self._use_triton(out_dtype, not_a_point.device), folded,
+            out_dtype, self._use_triton(out_dtype, not_a_point.device), constants,
         )
 
     def _check_device(self, name: str, value: Tensor, device: Optional[torch.device] = None) -> None:

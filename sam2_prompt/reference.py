@@ -94,6 +94,19 @@ def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
+def sparse_constants(gaussian: torch.Tensor, point_table: torch.Tensor, not_a_point: torch.Tensor,
+                     image_h: int, image_w: int, dtype: torch.dtype):
+    """What :func:`sparse_embed` derives from its weights, in ``dtype`` (callers may keep it).
+
+    -> (weights [3, C]: :func:`sincos_weights`; label_table [5, C]: the rows added for labels
+    -1, 0, 1, 2, 3, i.e. not_a_point then point_table; label_ids [5]: -1, 0, 1, 2, 3).
+    """
+    weights = sincos_weights(gaussian, image_h, image_w, dtype)
+    label_table = torch.cat([_as(not_a_point, dtype), _as(point_table, dtype)])
+    label_ids = torch.arange(PAD_LABEL, NUM_POINT_LABELS, device=label_table.device, dtype=dtype)
+    return weights, label_table, label_ids
+
+
 def sparse_embed(
     point_coords: torch.Tensor,
     point_labels: torch.Tensor,
@@ -105,13 +118,14 @@ def sparse_embed(
     image_h: int,
     image_w: int,
     out_dtype: torch.dtype,
-    weights=None,
+    constants=None,
 ) -> torch.Tensor:
     """Sparse prompt embedding, written once into a preallocated output.
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4] (x0, y0, x1, y1),
     gaussian: [2, F], point_table: [4, C], not_a_point: [1, C]  ->  [B, N + pad + 2K, C]
-    weights: ``sincos_weights(gaussian, image_h, image_w, compute dtype)`` if the caller keeps it.
+    constants: ``sparse_constants(gaussian, point_table, not_a_point, image_h, image_w, compute
+    dtype)`` if the caller keeps it.
     """
     dtype = compute_dtype(out_dtype)
     batch, num_points = point_labels.shape
@@ -119,19 +133,20 @@ def sparse_embed(
     channels = point_table.shape[1]
     out = point_table.new_empty((batch * tokens, channels), dtype=dtype)
     if out.numel() > 0:
+        if constants is None:
+            constants = sparse_constants(gaussian, point_table, not_a_point, image_h, image_w, dtype)
+        weights, label_table, label_ids = constants
         coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
-        labels = labels.view(-1, 1)
-        if weights is None:
-            weights = sincos_weights(gaussian, image_h, image_w, dtype)
-        torch.mm(coords.view(-1, 3), weights, out=out)  # angles, cos half shifted by pi/2
+        coords = coords.view(-1, 3)
+        one_hot = labels.view(-1, 1) == label_ids  # [B*T, 5]; column 0: label -1
+        if pad or num_points:  # box corners alone have labels 2 and 3 only
+            # Label -1 tokens go to the origin of (x, y, 1): every angle is 0 and its sin 0, so
+            # the addmm below writes exactly not_a_point, whatever the coordinates (NaN too).
+            coords = torch.where(one_hot[:, :1], 0.0, coords)
+        torch.mm(coords, weights, out=out)  # angles, cos half shifted by pi/2
         out.sin_()
-        # Rows with label 0..3 get their table row added, through one small GEMM with a one-hot.
-        label_ids = torch.arange(NUM_POINT_LABELS, device=out.device, dtype=dtype)
-        out.addmm_((labels == label_ids).to(dtype), _as(point_table, dtype))
-        # Label -1 is exactly not_a_point, whatever the coordinates were (NaN included). Box
-        # corners alone have labels 2 and 3 only: no pass needed.
-        if pad or num_points:
-            torch.where(labels == PAD_LABEL, _as(not_a_point, dtype), out, out=out)
+        # Each row gets its label's table row (none for labels outside -1..3): a small GEMM.
+        out.addmm_(one_hot.to(dtype), label_table)
     out = out.view(batch, tokens, channels)
     return out if out_dtype == dtype else out.to(out_dtype)
 
