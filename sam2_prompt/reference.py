@@ -142,7 +142,7 @@ def sparse_embed(
         if pad or num_points:  # box corners alone have labels 2 and 3 only
             # Label -1 tokens go to the origin of (x, y, 1): every angle is 0 and its sin 0, so
             # the addmm below writes exactly not_a_point, whatever the coordinates (NaN too).
-            coords = torch.where(one_hot[:, :1], 0.0, coords)
+            coords = coords.masked_fill(one_hot[:, :1], 0.0)
         torch.mm(coords, weights, out=out)  # angles, cos half shifted by pi/2
         out.sin_()
         # Each row gets its label's table row (none for labels outside -1..3): a small GEMM.
