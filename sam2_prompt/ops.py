@@ -84,7 +84,7 @@ def use_triton(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
 _TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchModeKey.FAKE)
 
 
-def _eager_inference(*tensors: Tensor) -> bool:
+def eager_inference(*tensors: Tensor) -> bool:
     """True for a plain eager call that records no autograd: the op's dispatcher and autograd
     wrappers (about 50 us on a CPU) are skipped and its implementation called directly."""
     if torch.compiler.is_compiling() or any(
@@ -186,7 +186,7 @@ def sparse_embed(
     (eager only)."""
     args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
             image_h, image_w, out_dtype)
-    if _eager_inference(point_coords, boxes, point_table, not_a_point):
+    if eager_inference(point_coords, boxes, point_table, not_a_point):
         if not use_triton:
             return reference.sparse_embed(*args, constants=constants)
         return _direct(_sparse_embed, use_triton, *args)
@@ -236,7 +236,7 @@ dense_pe_op = _define("sam2_prompt::dense_pe")(_dense_pe)
 
 def dense_pe(gaussian: Tensor, h: int, w: int, out_dtype: torch.dtype, use_triton: bool) -> Tensor:
     """The dense op (``sam2_prompt::dense_pe``): gaussian [2, F] -> [C, h, w]."""
-    if _eager_inference(gaussian):
+    if eager_inference(gaussian):
         return _direct(_dense_pe, use_triton, gaussian, h, w, out_dtype)
     return dense_pe_op(gaussian, h, w, out_dtype, use_triton)
 

@@ -187,8 +187,9 @@ class PromptEncoder(nn.Module):
 
         def build():
             table = torch.cat(weights)
-            # Training and tracing call the registered op, which derives its own: skip ~60 us here.
-            if table.requires_grad or torch.compiler.is_compiling():
+            # Only a plain eager call uses them (the op layer's own test); training and tracing
+            # call the registered op, which derives its own: skip ~60 us here.
+            if not ops.eager_inference(table, not_a_point):
                 return table, None, gaussian
             constants = reference.sparse_constants(gaussian, table, not_a_point, int(height),
                                                    int(width), dtype)
