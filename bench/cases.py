@@ -262,14 +262,14 @@ CHUNK = 1 << 22  # elements compared at a time: outputs can be several GB
 
 
 def _batches(t: torch.Tensor):
-    """Slices of the batch dimension of about CHUNK elements (one, if the batch is broadcast)."""
-    if t.stride(0) == 0:
-        t = t[:1]
+    """Slices of the batch dimension of about CHUNK elements."""
     step = max(1, CHUNK // max(1, t[0].numel()))
     return [t[start:start + step] for start in range(0, t.shape[0], step)]
 
 
 def _max_abs(t: torch.Tensor) -> float:
+    if t.stride(0) == 0:  # a broadcast batch: one item
+        t = t[:1]
     return max(part.abs().max().item() for part in _batches(t))
 
 
@@ -278,10 +278,9 @@ def _compare(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float):
     at a time; a batch dimension broadcast in both (the dense output without a mask) once."""
     if got.stride(0) == 0 and want.stride(0) == 0:
         got, want = got[:1], want[:1]
-    step = max(1, CHUNK // max(1, got[0].numel()))
     largest, excess = 0.0, -float("inf")
-    for start in range(0, got.shape[0], step):
-        g, w = got[start:start + step].double(), want[start:start + step].double()
+    for g, w in zip(_batches(got), _batches(want)):
+        g, w = g.double(), w.double()
         diff = (g - w).abs()
         chunk_largest = diff.max().item()
         chunk_excess = (diff - (atol + rtol * w.abs())).max().item()

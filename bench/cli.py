@@ -138,8 +138,16 @@ def format_rows(rows: List[dict]) -> str:
         line += ["-" if r["speedup_vs_upstream"] is None else f"{r['speedup_vs_upstream']:.2f}x",
                  f"{r['max_abs_diff']:.1e}"]
         lines.append(line)
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    out = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines]
+    return _table(lines)
+
+
+def _table(lines: List[list], left_last: bool = False) -> str:
+    """Rows of cells (the first one the header) in right-aligned columns, a rule under the
+    header; ``left_last``: the last column (free text) left as it is."""
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    last = len(widths) - 1 if left_last else len(widths)
+    out = ["  ".join(str(c) if i == last else str(c).rjust(w)
+                     for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -413,11 +421,7 @@ def cmd_model(args) -> int:
                       f"{r['alloc_x_output']:.1f}x", _seconds(r["predicted_s"]), r["bound"],
                       f"{case.batch / r['predicted_s']:.3g}",
                       f"{r['predicted_points_per_s']:.3g}" if case.points else "-", r["how"]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["  ".join(c.rjust(w) if i < len(head) - 1 else c for i, (c, w) in enumerate(zip(line, widths)))
-           for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    print("\n".join(out))
+    print(_table(lines, left_last=True))
     print("\nNot modelled: host-side overhead of eager PyTorch (several us per op, which dominates "
           "small batches), caches, and compiled backends (Inductor's kernels: measure with `run`).")
     if args.json:

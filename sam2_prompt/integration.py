@@ -79,7 +79,7 @@ def _mirror(source: nn.Module, target: nn.Module) -> None:
             like = wanted.get(key)  # a missing or extra key is load_state_dict's error below
             if like is not None and (tensor.device, tensor.dtype) != (like.device, like.dtype):
                 tensor.data = torch.empty_like(like)
-    target.load_state_dict(source.state_dict(), strict=True)
+    target.load_state_dict(wanted, strict=True)  # copies under no_grad
     source_params = dict(source.named_parameters())
     for name, param in target.named_parameters():
         param.requires_grad_(source_params[name].requires_grad)
@@ -144,8 +144,6 @@ def restore_prompt_encoder(model):
 def swapped_prompt_encoder(model, backend: Optional[str] = None):
     """``with swapped_prompt_encoder(model, backend=...): ...`` runs with ours and leaves ``model``
     as it found it: Meta's encoder restored, or an already-swapped one on its previous backend."""
-    if backend is not None:
-        ops.check_backend(backend)
     current = _owner(model, "swapped_prompt_encoder").sam_prompt_encoder
     previous = current._backend_request if isinstance(current, PromptEncoder) else None
     replace_prompt_encoder(model, backend)
