@@ -1,5 +1,9 @@
-"""Builders shared by the tests: twin encoders (Meta's and ours with identical weights), prompts."""
+"""Shared by the tests: twin encoders (Meta's and ours with identical weights), prompts, and
+what the Triton tests need (a child process without the interpreter, the tracing skip)."""
 
+import os
+
+import pytest
 import torch
 
 from sam2_prompt import PromptEncoder
@@ -45,3 +49,21 @@ def assert_close(actual, expected, atol=2e-5, rtol=0.0):
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, equal_nan=True)
+
+
+def op_targets(traced) -> set:
+    """The ops a traced graph calls (``traced``: a GraphModule or an ExportedProgram)."""
+    return {str(node.target) for node in traced.graph.nodes if node.op == "call_function"}
+
+
+def env_without_interpreter() -> dict:
+    """os.environ less TRITON_INTERPRET (conftest.py sets it): for a child process that compiles
+    real kernels."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+# Tracing the Triton path (compile, export, opcheck: fake tensors) needs compiled kernels on CUDA.
+needs_compiled_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") != "0",
+    reason="the Triton path traces only with compiled kernels on CUDA: under TRITON_INTERPRET=1 "
+           "wrap_triton hands back the interpreted function, which cannot run on fake tensors")

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from helpers import env_without_interpreter
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ARCHS = ("sm_80", "sm_90")
 
@@ -67,7 +69,7 @@ def report(tmp_path_factory):
             pytest.fail(f"Triton is required in CI: {err}")
         pytest.skip(f"Triton is not installed: {err}")
     tmp = tmp_path_factory.mktemp("aot")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_without_interpreter()
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence Triton 3.9's notice; same code
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT.format(archs=ARCHS), str(tmp / "cubins"),

@@ -2,12 +2,11 @@
 backward kernel included); fp64 gradcheck of the op and of the module; determinism; opcheck of
 the sam2_prompt ops."""
 
-import os
 
 import pytest
 import torch
 
-from helpers import random_boxes, random_points, twins
+from helpers import needs_compiled_triton, random_boxes, random_points, twins
 from sam2_prompt import PromptEncoder, ops
 
 EMBED, EMB, IMAGE = 64, (16, 16), (256, 256)
@@ -142,9 +141,7 @@ def test_opcheck_dense():
     torch.library.opcheck(ops.dense_pe_op, (gaussian, 5, 7, torch.float32, False))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") != "0",
-                    reason="opcheck's fake-tensor and AOT tests trace the Triton path, which needs "
-                           "compiled kernels on CUDA (the interpreter cannot run on fake tensors)")
+@needs_compiled_triton  # opcheck's fake-tensor and AOT tests trace the Triton path
 @pytest.mark.parametrize("case", CASES)
 def test_opcheck_triton_on_cuda(case):
     def on_cuda(args):

@@ -3,7 +3,6 @@
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import env_without_interpreter
 from sam2_prompt.bench import cases as bench_cases
 from sam2_prompt.bench import cli
 
@@ -159,7 +159,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="sass needs Triton")
 def test_sass_subcommand(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_without_interpreter()
     result = subprocess.run([sys.executable, "-c", ONE_VARIANT, "sass", "--arch", "sm_80,sm_90",
                              "--json", str(tmp_path / "k.json"), "--dump-dir", str(tmp_path / "cubins")],
                             env=env, capture_output=True, text=True)
@@ -176,7 +176,7 @@ def test_sass_subcommand(tmp_path):
 
 
 def test_pytest_benchmark_suite_smoke():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = env_without_interpreter()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              str(ROOT / "bench"), "--benchmark-disable"],
                             cwd=ROOT, capture_output=True, text=True, env=env)

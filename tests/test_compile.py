@@ -3,21 +3,16 @@ the same results and gradients as eager (forward and backward trace with symboli
 also proves they have no host synchronisation), caches and the eager bypass out of the trace."""
 
 import copy
-import os
 
 import pytest
 import torch
 from torch._dynamo.testing import AotEagerAndRecordGraphs, CompileCounter
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from helpers import random_boxes, random_points, twins
+from helpers import needs_compiled_triton, op_targets, random_boxes, random_points, twins
 
 EMBED, EMB, IMAGE = 64, (16, 16), (256, 256)
 MASK = (1, 4 * EMB[0], 4 * EMB[1])
-REAL_TRITON_ON_CUDA = pytest.mark.skipif(
-    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") != "0",
-    reason="the Triton path traces only with compiled kernels on CUDA: under TRITON_INTERPRET=1 "
-           "wrap_triton hands back the interpreted function, which cannot run on fake tensors")
 
 
 @pytest.fixture
@@ -30,10 +25,6 @@ def prompts(batch, num_points, seed=0):
     coords, labels = random_points(batch, num_points, image=IMAGE, seed=seed)
     labels[0, 0] = -1  # a padding click among the others
     return (coords, labels), random_boxes(batch, image=IMAGE, seed=seed), torch.randn(batch, *MASK)
-
-
-def op_targets(graph_module):
-    return {str(node.target) for node in graph_module.graph.nodes if node.op == "call_function"}
 
 
 @pytest.mark.parametrize("inputs", ["points", "points+boxes+masks", "boxes"])
@@ -153,7 +144,7 @@ def test_make_fx_records_the_registered_op(encoder, tracing_mode):
                                atol=1e-6, rtol=0)
 
 
-@REAL_TRITON_ON_CUDA
+@needs_compiled_triton
 def test_triton_path_compiles_fullgraph_on_cuda(upstream):
     encoder = twins(upstream[0], EMBED, EMB, IMAGE, backend="triton")[1].cuda()
     compiled = torch.compile(encoder.forward, fullgraph=True)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from ddp_rank import TIMEOUT_S, PromptModel, train

@@ -3,12 +3,11 @@ forward has no host synchronisation: a data-dependent branch, .item() or boolean
 export with symbolic sizes), save/load of the program, and ONNX through onnxruntime."""
 
 import io
-import os
 
 import pytest
 import torch
 
-from helpers import random_boxes, random_points, twins
+from helpers import needs_compiled_triton, op_targets, random_boxes, random_points, twins
 
 EMBED, EMB, IMAGE = 64, (16, 16), (256, 256)
 MASK = (1, 4 * EMB[0], 4 * EMB[1])
@@ -33,10 +32,6 @@ class Sparse(torch.nn.Module):
 class Everything(Sparse):
     def forward(self, coords, labels, boxes, masks):
         return self.encoder((coords, labels), boxes, masks)
-
-
-def op_targets(program):
-    return {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
 
 
 def export_sparse(encoder):
@@ -81,10 +76,7 @@ def test_exported_program_saves_and_loads(encoder):
                                encoder((coords, labels), None, None)[0], atol=1e-6, rtol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") != "0",
-                    reason="the Triton path traces only with compiled kernels on CUDA: under "
-                           "TRITON_INTERPRET=1 wrap_triton hands back the interpreted function, "
-                           "which cannot run on fake tensors")
+@needs_compiled_triton
 def test_export_triton_path_on_cuda(upstream):
     encoder = twins(upstream[0], EMBED, EMB, IMAGE, backend="triton")[1].eval().cuda()
     program = export_sparse(encoder)
