@@ -4,15 +4,27 @@ Every op has one implementation function that branches on ``use_triton`` (decide
 plain bool in the schema): the Triton launchers from ``sam2_prompt.kernels`` or the pure-PyTorch
 code in :mod:`sam2_prompt.reference`. With Triton installed the ops are ``torch.library.triton_op``
 (Inductor sees the kernels); without it they are ``custom_op`` with the same function as fake.
+
+The public wrappers (:func:`sparse_embed`, :func:`dense_pe`) decide per call how to run
+(:func:`route`): plain eager calls that record no autograd call the implementation directly, the
+registered op serves reverse-mode autograd (a fused backward on the Triton path) and tracing, and
+what the op's autograd formula cannot serve (forward-mode AD, functorch transforms, a Gaussian
+that needs a gradient) runs the differentiable reference (``reference.*_functional``).
+Double backward differentiates the reference backward.
 """
 
 import os
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch._C._functorch import TransformType
+from torch.autograd import forward_ad
 
 from . import reference
+
+if TYPE_CHECKING:
+    from .cache import DerivedCache
 
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "SAM2_PROMPT_BACKEND"
@@ -71,6 +83,8 @@ def use_triton(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     """
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return False
+    if device.type == "meta":  # shapes only, nothing to launch: the reference computes them
+        return False
     reason = triton_unavailable_reason(device, dtype)
     if backend == "triton":
         if reason is not None:
@@ -83,15 +97,47 @@ def use_triton(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
 # dispatcher would be missing from their graph, or run on fake tensors.
 _TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchModeKey.FAKE)
 
+EAGER, OP, REFERENCE = "eager", "op", "reference"
 
-def eager_inference(*tensors: Tensor) -> bool:
-    """True for a plain eager call that records no autograd: the op's dispatcher and autograd
-    wrappers (about 50 us on a CPU) are skipped and its implementation called directly."""
-    if torch.compiler.is_compiling() or any(
-        torch._C._get_dispatch_mode(mode) is not None for mode in _TRACING_MODES
-    ):
+
+_AD_TRANSFORMS = (TransformType.Grad, TransformType.Jvp, TransformType.Vmap)
+
+
+def transforms_active() -> bool:
+    """A functorch transform (grad, vmap, jvp, jacrev, ...; functionalize is not one: it keeps
+    ops as they are) or forward-mode AD is active. Not asked while Dynamo traces (it handles
+    transforms itself, and misreads the interpreter stack)."""
+    if torch.compiler.is_compiling():
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    level = torch._C._functorch.peek_interpreter_stack()
+    return (level is not None and level.key() in _AD_TRANSFORMS) or forward_ad._current_level >= 0
+
+
+def plain_eager() -> bool:
+    """Eager code as written: not compiling, not tracing (make_fx, fake tensors), no functorch
+    transform or forward-mode AD."""
+    return not (torch.compiler.is_compiling() or transforms_active() or any(
+        torch._C._get_dispatch_mode(mode) is not None for mode in _TRACING_MODES))
+
+
+def route(gaussian: Tensor, *tensors: Tensor) -> str:
+    """How an op call runs; ``tensors``: the inputs that may need a gradient besides the Gaussian.
+
+    - ``REFERENCE``: the differentiable pure-PyTorch spec, for what the fused op's autograd formula
+      does not serve: functorch transforms, forward-mode AD, a Gaussian that needs a gradient;
+    - ``EAGER``: a plain eager call that records no autograd: the implementation is called directly,
+      without the dispatcher and autograd wrappers (about 50 us on a CPU);
+    - ``OP``: the registered op (reverse-mode autograd with the fused backward, tracing, export).
+    """
+    grad = torch.is_grad_enabled()
+    if transforms_active() or (grad and gaussian.requires_grad):
+        return REFERENCE
+    if torch.compiler.is_compiling() or any(
+            torch._C._get_dispatch_mode(mode) is not None for mode in _TRACING_MODES):
+        return OP
+    if grad and any(t.requires_grad for t in tensors):
+        return OP
+    return EAGER
 
 
 def _direct(impl, use_triton: bool, *args):
@@ -172,46 +218,75 @@ def sparse_embed(
     boxes: Tensor,
     pad: bool,
     gaussian: Tensor,
-    point_table: Tensor,
+    point_table: Union[Tensor, Sequence[Tensor]],
     not_a_point: Tensor,
     image_h: int,
     image_w: int,
     out_dtype: torch.dtype,
     use_triton: bool,
-    constants: Optional[tuple] = None,
+    derived: Optional["DerivedCache"] = None,
 ) -> Tensor:
     """The sparse op (``sam2_prompt::sparse_embed``); see :func:`_sparse_embed` for shapes.
 
-    constants: the PyTorch path's ``reference.sparse_constants``, if the caller caches them
-    (eager only)."""
+    point_table: [4, C], or its four [1, C] rows (SAM-2's four embeddings: stacked only where
+    needed). derived: the caller's ``cache.DerivedCache``, where a plain eager call on the PyTorch
+    path keeps the folded Fourier weights and the label rows (validated by value against the
+    Gaussian and the embeddings: see ``sam2_prompt.cache``)."""
+    point_rows = (point_table,) if isinstance(point_table, Tensor) else tuple(point_table)
+    path = route(gaussian, point_coords, boxes, not_a_point, *point_rows)
+    if path == EAGER and not use_triton and derived is not None:
+        dtype = reference.compute_dtype(out_dtype)
+
+        def fold():
+            return (reference.sincos_weights(gaussian, image_h, image_w, dtype),
+                    reference.label_table(torch.cat(point_rows), not_a_point, dtype))
+
+        sincos, table = derived.get(("sparse", image_h, image_w, dtype),
+                                    (gaussian, not_a_point, *point_rows), fold)
+        return reference.sparse_embed(
+            point_coords, point_labels, boxes, pad, gaussian, None, not_a_point, image_h, image_w,
+            out_dtype, sincos=sincos, table=table)
+    if len(point_rows) > 1:
+        point_table = torch.cat(point_rows)
     args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
             image_h, image_w, out_dtype)
-    if eager_inference(point_coords, boxes, point_table, not_a_point):
-        if not use_triton:
-            return reference.sparse_embed(*args, constants=constants)
+    if path == REFERENCE:
+        return reference.sparse_embed_functional(*args)
+    if path == OP:
+        return sparse_embed_op(*args, use_triton)
+    if use_triton:
         return _direct(_sparse_embed, use_triton, *args)
-    return sparse_embed_op(*args, use_triton)
+    return reference.sparse_embed(*args)
+
+
+def _saveable(t: Tensor) -> Tensor:
+    """Inference tensors (parameters made under torch.inference_mode) cannot be saved for
+    backward: a copy can (upstream's ops save nothing for these inputs, so they work there)."""
+    return t.clone() if t.is_inference() else t
 
 
 def _sparse_setup_context(ctx, inputs, output):
     (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
      image_h, image_w, _, use_triton) = inputs
-    ctx.save_for_backward(point_coords, point_labels, boxes, gaussian)
+    ctx.save_for_backward(*map(_saveable, (point_coords, point_labels, boxes, gaussian)))
     ctx.pad, ctx.image_h, ctx.image_w, ctx.use_triton = pad, image_h, image_w, use_triton
     ctx.table_dtype, ctx.not_a_point_dtype = point_table.dtype, not_a_point.dtype
 
 
 def _sparse_backward(ctx, grad_out):
     point_coords, point_labels, boxes, gaussian = ctx.saved_tensors
-    grad_coords, grad_boxes, grad_table, grad_nap = sparse_embed_backward_op(
-        grad_out.contiguous(), point_coords, point_labels, boxes, ctx.pad, gaussian,
-        ctx.image_h, ctx.image_w, ctx.use_triton,
-    )
+    args = (grad_out.contiguous(), point_coords, point_labels, boxes, ctx.pad, gaussian,
+            ctx.image_h, ctx.image_w)
+    if torch.is_grad_enabled():  # backward(create_graph=True): differentiable, for double backward
+        grad_coords, grad_boxes, grad_table, grad_nap = reference.sparse_embed_backward(*args)
+    else:
+        grad_coords, grad_boxes, grad_table, grad_nap = sparse_embed_backward_op(
+            *args, ctx.use_triton)
 
     def cast(grad, like):
         return grad.to(like.dtype) if like.is_floating_point() else None
 
-    # The Gaussian matrix is a buffer (no gradient), as upstream's.
+    # A Gaussian that needs a gradient never reaches the op (route: the reference serves it).
     return (
         cast(grad_coords, point_coords), None, cast(grad_boxes, boxes), None, None,
         grad_table.to(ctx.table_dtype), grad_nap.to(ctx.not_a_point_dtype),
@@ -236,7 +311,10 @@ dense_pe_op = _define("sam2_prompt::dense_pe")(_dense_pe)
 
 def dense_pe(gaussian: Tensor, h: int, w: int, out_dtype: torch.dtype, use_triton: bool) -> Tensor:
     """The dense op (``sam2_prompt::dense_pe``): gaussian [2, F] -> [C, h, w]."""
-    if eager_inference(gaussian):
+    path = route(gaussian)
+    if path == REFERENCE:
+        return reference.dense_pe_functional(gaussian, h, w, out_dtype)
+    if path == EAGER:
         return _direct(_dense_pe, use_triton, gaussian, h, w, out_dtype)
     return dense_pe_op(gaussian, h, w, out_dtype, use_triton)
 

@@ -1,7 +1,7 @@
 """``PositionEmbeddingRandom``: drop-in for ``sam2.modeling.position_encoding.PositionEmbeddingRandom``.
 
-Same buffer, constructor RNG use and results; positions are computed in fp32 whatever autocast says,
-and the dense grid is cached (the cache follows the buffer: in-place edits, load_state_dict, .to()).
+Same buffer, constructor RNG use and results; positions are computed in fp32 whatever autocast says.
+On CPU the PyTorch path keeps the dense grid while the Gaussian keeps its bits (see ``cache``).
 """
 
 from typing import Optional, Tuple
@@ -10,12 +10,21 @@ import torch
 from torch import Tensor, nn
 
 from . import ops, reference
-from .cache import DerivedCache
+from .cache import DerivedCache, cacheable
+
+
+def module_tensor(module: nn.Module, name: str) -> Tensor:
+    """``module.<name>``, straight from the parameter or buffer dict (nn.Module's attribute
+    fallback is slow per call); parametrized and plain attributes through getattr."""
+    tensor = module._parameters.get(name)
+    if tensor is None:
+        tensor = module._buffers.get(name)
+    return getattr(module, name) if tensor is None else tensor
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The dtype autocast would give a matmul on ``device`` right now, or None."""
-    if torch.is_autocast_enabled(device.type):
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
 
@@ -51,7 +60,7 @@ class PositionEmbeddingRandom(nn.Module):
 
     def pe_dtype(self) -> torch.dtype:
         """Upstream's dtype for positional encodings: autocast's if it is on, else the buffer's."""
-        gaussian = self.positional_encoding_gaussian_matrix
+        gaussian = module_tensor(self, "positional_encoding_gaussian_matrix")
         cast = autocast_dtype(gaussian.device)
         if cast is not None and gaussian.dtype == torch.float32:
             return cast
@@ -62,15 +71,19 @@ class PositionEmbeddingRandom(nn.Module):
         return reference.unit_pe(coords, self.positional_encoding_gaussian_matrix, self.pe_dtype())
 
     def forward(self, size: Tuple[int, int]) -> Tensor:
-        """The grid of pixel centres of an (h, w) image: -> [C, h, w] (cached)."""
+        """The grid of pixel centres of an (h, w) image: -> [C, h, w], a new tensor each call.
+
+        The PyTorch path on CPU keeps the grid (``DerivedCache``: while the Gaussian keeps its
+        bits, per size and dtype) and returns a copy; the Triton kernels recompute it (one launch)."""
         h, w = (int(s) for s in size)
-        gaussian = self.positional_encoding_gaussian_matrix
+        gaussian = module_tensor(self, "positional_encoding_gaussian_matrix")
         out_dtype = self.pe_dtype()
         tri = ops.use_triton(self._backend_request, gaussian.device, out_dtype)
-        return self._derived.get(
-            ("grid", h, w, out_dtype, tri), (gaussian,),
-            lambda: ops.dense_pe(gaussian, h, w, out_dtype, tri),
-        )
+        if tri or not cacheable((gaussian,)):
+            return ops.dense_pe(gaussian, h, w, out_dtype, tri)
+        grid = self._derived.get(("grid", h, w, out_dtype), (gaussian,),
+                                 lambda: ops.dense_pe(gaussian, h, w, out_dtype, False))
+        return grid.clone()
 
     def forward_with_coords(self, coords_input: Tensor, image_size: Tuple[int, int]) -> Tensor:
         """Encode pixel coordinates (no pixel-centre shift): coords [B, N, 2] -> [B, N, C]."""

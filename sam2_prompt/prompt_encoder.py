@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import ops, reference
 from .cache import DerivedCache
-from .position_encoding import PositionEmbeddingRandom
+from .position_encoding import PositionEmbeddingRandom, module_tensor
 
 Points = Tuple[Tensor, Tensor]
 
@@ -32,16 +32,31 @@ class LayerNorm2d(nn.Module):
         return normed.permute(0, 3, 1, 2)
 
 
-def _check_tensor(name: str, value) -> Tensor:
+def _check_tensor(name: str, value, allow_bool: bool = False) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.is_complex() or value.dtype == torch.bool:
-        raise TypeError(f"{name} must be a real integer or floating tensor, got dtype {value.dtype}")
+    if value.is_complex() or (value.dtype == torch.bool and not allow_bool):
+        kinds = "real integer, bool or floating" if allow_bool else "real integer or floating"
+        raise TypeError(f"{name} must be a {kinds} tensor, got dtype {value.dtype}")
     return value
 
 
 def _shape(t: Tensor) -> tuple:
     return tuple(t.shape)
+
+
+def _is_corner_pair(boxes: Tensor) -> bool:
+    """boxes [B, 2, 2]: one box per prompt as its corners ((x0, y0), (x1, y1)), as upstream takes."""
+    return boxes.dim() == 3 and tuple(boxes.shape[1:]) == (2, 2)
+
+
+def _boxes_bk4(boxes: Tensor) -> Tensor:
+    """[B, 4] | [B, 2, 2] | [B, K, 4] -> [B, K, 4] (a view; empty batches included)."""
+    if boxes.dim() == 2:
+        return boxes.unsqueeze(1)
+    if _is_corner_pair(boxes):
+        return boxes.reshape(boxes.shape[0], 1, 4)
+    return boxes
 
 
 class PromptEncoder(nn.Module):
@@ -124,7 +139,7 @@ class PromptEncoder(nn.Module):
         return self._sparse(points, labels, None, bool(pad), out_dtype)
 
     def _embed_boxes(self, boxes: Tensor) -> Tensor:
-        """boxes: [B, 4] or [B, K, 4] -> [B, 2K, C] (corner labels 2 and 3)."""
+        """boxes: [B, 4], [B, 2, 2] (corners) or [B, K, 4] -> [B, 2K, C] (corner labels 2 and 3)."""
         self._check_boxes(boxes)
         return self._sparse(None, None, boxes, False, self.pe_layer.pe_dtype())
 
@@ -166,7 +181,7 @@ class PromptEncoder(nn.Module):
             dense = self._embed_masks(masks)
         else:
             h, w = self.image_embedding_size
-            no_mask = self.no_mask_embed._parameters["weight"]
+            no_mask = module_tensor(self.no_mask_embed, "weight")
             dense = no_mask.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
         return sparse, dense
 
@@ -174,46 +189,29 @@ class PromptEncoder(nn.Module):
     def _weight_dtype(self) -> torch.dtype:
         return self.not_a_point_embed.weight.dtype
 
-    def _sparse_constants(self, dtype: torch.dtype, not_a_point: Tensor
-                          ) -> Tuple[Tensor, Optional[tuple], Tensor]:
-        """(point_table [4, C], constants | None, gaussian [2, F]): point_embeddings stacked, the
-        PyTorch path's ``reference.sparse_constants`` (cached while the weights and the Gaussian
-        buffer are unchanged; None where only the registered op can use them), and the Gaussian
-        buffer itself."""
-        # Straight from the parameter/buffer dicts: nn.Module's attribute fallback is slow per call.
-        gaussian = self.pe_layer._buffers["positional_encoding_gaussian_matrix"]
-        weights = tuple(embed._parameters["weight"] for embed in self.point_embeddings._modules.values())
-        height, width = self.input_image_size
-
-        def build():
-            table = torch.cat(weights)
-            # Only a plain eager call uses them (the op layer's own test); training and tracing
-            # call the registered op, which derives its own: skip ~60 us here.
-            if not ops.eager_inference(table, not_a_point):
-                return table, None, gaussian
-            constants = reference.sparse_constants(gaussian, table, not_a_point, int(height),
-                                                   int(width), dtype)
-            return table, constants, gaussian
-
-        return self._derived.get(("sparse", dtype), (gaussian, not_a_point, *weights), build)
-
     def _sparse(self, coords, labels, boxes, pad: bool, out_dtype: torch.dtype,
                 not_a_point: Optional[Tensor] = None) -> Tensor:
-        """One op call: tokens of points, padding and box corners -> [B, T, C] in out_dtype."""
+        """One op call: tokens of points, padding and box corners -> [B, T, C] in out_dtype.
+
+        What is kept between calls (the PyTorch path's folded Fourier weights and label table) is
+        in this module's ``DerivedCache``, reused only while its sources keep their bits."""
         if not_a_point is None:
             not_a_point = self.not_a_point_embed.weight
         like = coords if coords is not None else boxes
         batch = like.shape[0]
-        if coords is None:
-            coords, labels = like.new_empty((batch, 0, 2)), like.new_empty((batch, 0))
-        boxes = like.new_empty((batch, 0, 4)) if boxes is None else boxes.reshape(batch, -1, 4)
-        height, width = self.input_image_size
-        point_table, constants, gaussian = self._sparse_constants(
-            reference.compute_dtype(out_dtype), not_a_point)
-        return ops.sparse_embed(
-            coords, labels, boxes, pad, gaussian, point_table, not_a_point, int(height), int(width),
-            out_dtype, self._use_triton(out_dtype, not_a_point.device), constants,
-        )
+        if coords is None:  # int32, as SAM-2 passes labels: box-only calls reuse the point variant
+            coords = like.new_empty((batch, 0, 2))
+            labels = torch.empty((batch, 0), device=like.device, dtype=torch.int32)
+        elif labels.dtype == torch.bool:  # upstream reads bool labels as 0 / 1
+            labels = labels.to(torch.uint8)
+        boxes = like.new_empty((batch, 0, 4)) if boxes is None else _boxes_bk4(boxes)
+        gaussian = module_tensor(self.pe_layer, "positional_encoding_gaussian_matrix")
+        point_rows = tuple(module_tensor(embed, "weight")
+                           for embed in self.point_embeddings._modules.values())
+        height, width = (int(size) for size in self.input_image_size)
+        use_triton = self._use_triton(out_dtype, not_a_point.device)
+        return ops.sparse_embed(coords, labels, boxes, pad, gaussian, point_rows, not_a_point,
+                                height, width, out_dtype, use_triton, self._derived)
 
     def _check_device(self, name: str, value: Tensor, device: Optional[torch.device] = None) -> None:
         device = self.not_a_point_embed.weight.device if device is None else device
@@ -227,7 +225,7 @@ class PromptEncoder(nn.Module):
                 + (f" of length {len(points)}" if isinstance(points, (tuple, list)) else "")
             )
         coords = _check_tensor("points[0] (coords)", points[0])
-        labels = _check_tensor("points[1] (labels)", points[1])
+        labels = _check_tensor("points[1] (labels)", points[1], allow_bool=True)
         if coords.dim() != 3 or coords.shape[-1] != 2:
             raise ValueError(f"point coords must be [B, N, 2], got {_shape(coords)}")
         if labels.shape != coords.shape[:2]:
@@ -241,8 +239,8 @@ class PromptEncoder(nn.Module):
 
     def _check_boxes(self, boxes, device=None) -> Tensor:
         boxes = _check_tensor("boxes", boxes)
-        if boxes.dim() not in (2, 3) or boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must be [B, 4] or [B, K, 4], got {_shape(boxes)}")
+        if not (boxes.dim() in (2, 3) and boxes.shape[-1] == 4 or _is_corner_pair(boxes)):
+            raise ValueError(f"boxes must be [B, 4], [B, 2, 2] or [B, K, 4], got {_shape(boxes)}")
         self._check_device("boxes", boxes, device)
         return boxes
 

@@ -48,9 +48,8 @@ def sincos_weights(gaussian: torch.Tensor, image_h: int, image_w: int, dtype: to
     """gaussian: [2, F] -> [3, C] radians per pixel (rows x, y, offset) for both halves: the cos
     half's offset is shifted by pi/2, so sin of (x, y, 1) @ weights is [sin, cos] in one pass."""
     turns = fourier_affine(gaussian, image_h, image_w, torch.float64)
-    weights = TWO_PI * torch.cat([turns, turns], dim=1)
-    weights[2, turns.shape[1]:] += math.pi / 2
-    return _as(weights, dtype)
+    quarter_turn = torch.cat([torch.zeros_like(turns[:2]), torch.full_like(turns[2:], 0.25)])
+    return _as(TWO_PI * torch.cat([turns, turns + quarter_turn], dim=1), dtype)
 
 
 def unit_pe(unit_coords: torch.Tensor, gaussian: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -66,45 +65,45 @@ def gather_tokens(point_coords, point_labels, boxes, pad: bool, dtype: torch.dty
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4]
     -> coords [B, T, 3] as homogeneous (x, y, 1) in ``dtype``, labels [B, T] (compared by value, so
-    their dtype may stay the caller's); T = N + pad + 2K.
-    Small tensors (3 or 1 values per token), so these copies are cheap. The padding token's
-    coordinates are (1, 1): its label discards them.
+    signed labels keep the caller's dtype; unsigned and bool labels, which cannot hold the padding
+    label -1, become ``dtype``, as upstream's concatenation with a float padding label does);
+    T = N + pad + 2K. Functional (no in-place writes: fine under vmap and autograd); small tensors
+    (3 or 1 values per token), so these copies are cheap. The padding token's coordinates are
+    arbitrary: its label discards them.
     """
-    batch, num_points = point_labels.shape
-    corners_at, num_corners = num_points + int(pad), 2 * boxes.shape[1]
-    if num_corners == 0:  # SAM-2's usual call: points and a padding token, two small pads
-        coords = torch.constant_pad_nd(_as(point_coords, dtype), (0, 1, 0, int(pad)), 1.0)
-        labels = point_labels if point_labels.dtype != torch.bool else point_labels.to(dtype)
-        return coords, torch.constant_pad_nd(labels, (0, int(pad)), PAD_LABEL)
-    tokens = corners_at + num_corners
-    coords = torch.ones(batch, tokens, 3, device=point_coords.device, dtype=dtype)
-    labels = torch.empty(batch, tokens, device=point_coords.device, dtype=dtype)
-    if num_points:
-        coords[:, :num_points, :2] = point_coords
-        labels[:, :num_points] = point_labels
-    if pad:
-        labels[:, num_points] = PAD_LABEL
-    coords[:, corners_at:, :2] = boxes.reshape(batch, num_corners, 2)
-    labels[:, corners_at::2] = 2.0
-    labels[:, corners_at + 1 :: 2] = 3.0
-    return coords, labels
+    batch = point_labels.shape[0]
+    labels = point_labels if point_labels.dtype.is_signed else point_labels.to(dtype)
+    coords = _as(point_coords, dtype)
+    num_boxes = boxes.shape[1]
+    if num_boxes == 0:  # SAM-2's usual call: points and a padding token at (1, 1), two small pads
+        return (torch.constant_pad_nd(coords, (0, 1, 0, int(pad)), 1.0),
+                torch.constant_pad_nd(labels, (0, int(pad)), PAD_LABEL))
+    corners = _as(boxes, dtype).reshape(batch, 2 * num_boxes, 2)
+    coords = torch.cat([torch.constant_pad_nd(coords, (0, 0, 0, int(pad)), 0.0), corners], dim=1)
+    corner_labels = torch.tensor([2.0, 3.0], device=corners.device, dtype=dtype).repeat(num_boxes)
+    labels = torch.cat([torch.constant_pad_nd(labels.to(dtype), (0, int(pad)), PAD_LABEL),
+                        corner_labels.expand(batch, 2 * num_boxes)], dim=1)
+    return torch.constant_pad_nd(coords, (0, 1), 1.0), labels
 
 
 def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-def sparse_constants(gaussian: torch.Tensor, point_table: torch.Tensor, not_a_point: torch.Tensor,
-                     image_h: int, image_w: int, dtype: torch.dtype):
-    """What :func:`sparse_embed` derives from its weights, in ``dtype`` (callers may keep it).
+def label_table(point_table: torch.Tensor, not_a_point: torch.Tensor, dtype: torch.dtype):
+    """-> (rows [5, C]: what labels -1, 0, 1, 2, 3 add, i.e. not_a_point then point_table;
+    ids [5]: -1, 0, 1, 2, 3), in ``dtype``."""
+    rows = _as(torch.cat([not_a_point, point_table]), dtype)
+    return rows, torch.arange(PAD_LABEL, NUM_POINT_LABELS, device=rows.device, dtype=dtype)
 
-    -> (weights [3, C]: :func:`sincos_weights`; label_table [5, C]: the rows added for labels
-    -1, 0, 1, 2, 3, i.e. not_a_point then point_table; label_ids [5]: -1, 0, 1, 2, 3).
-    """
-    weights = sincos_weights(gaussian, image_h, image_w, dtype)
-    label_table = torch.cat([_as(not_a_point, dtype), _as(point_table, dtype)])
-    label_ids = torch.arange(PAD_LABEL, NUM_POINT_LABELS, device=label_table.device, dtype=dtype)
-    return weights, label_table, label_ids
+
+def _label_one_hot(point_coords, point_labels, boxes, pad, ids, dtype):
+    """-> (coords [B*T, 3], one_hot [B*T, 5] over labels ``ids`` = -1..3) with label -1 tokens
+    moved to the origin of (x, y, 1): every angle is then 0 and its sin 0, so they get exactly
+    not_a_point, whatever their coordinates (NaN too)."""
+    coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
+    one_hot = labels.reshape(-1, 1) == ids
+    return coords.reshape(-1, 3).masked_fill(one_hot[:, :1], 0.0), one_hot
 
 
 def sparse_embed(
@@ -118,35 +117,32 @@ def sparse_embed(
     image_h: int,
     image_w: int,
     out_dtype: torch.dtype,
-    constants=None,
+    sincos=None,
+    table=None,
 ) -> torch.Tensor:
-    """Sparse prompt embedding, written once into a preallocated output.
+    """Sparse prompt embedding, written once into a preallocated output (the CPU fast path).
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4] (x0, y0, x1, y1),
     gaussian: [2, F], point_table: [4, C], not_a_point: [1, C]  ->  [B, N + pad + 2K, C]
-    constants: ``sparse_constants(gaussian, point_table, not_a_point, image_h, image_w, compute
-    dtype)`` if the caller keeps it.
+    sincos, table: what :func:`sincos_weights` and :func:`label_table` give (in the compute dtype)
+    if the caller keeps them; ``point_table`` may then be None.
+    Writes into its output (``out=``, in place): no autograd; :func:`sparse_embed_functional` is
+    the differentiable form of the same arithmetic.
     """
     dtype = compute_dtype(out_dtype)
     batch, num_points = point_labels.shape
     tokens = num_points + int(pad) + 2 * boxes.shape[1]
-    channels = point_table.shape[1]
-    out = point_table.new_empty((batch * tokens, channels), dtype=dtype)
+    channels = not_a_point.shape[1]
+    out = not_a_point.new_empty((batch * tokens, channels), dtype=dtype)
     if out.numel() > 0:
-        if constants is None:
-            constants = sparse_constants(gaussian, point_table, not_a_point, image_h, image_w, dtype)
-        weights, label_table, label_ids = constants
-        coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
-        coords = coords.view(-1, 3)
-        one_hot = labels.view(-1, 1) == label_ids  # [B*T, 5]; column 0: label -1
-        if pad or num_points:  # box corners alone have labels 2 and 3 only
-            # Label -1 tokens go to the origin of (x, y, 1): every angle is 0 and its sin 0, so
-            # the addmm below writes exactly not_a_point, whatever the coordinates (NaN too).
-            coords = coords.masked_fill(one_hot[:, :1], 0.0)
-        torch.mm(coords, weights, out=out)  # angles, cos half shifted by pi/2
+        if sincos is None:
+            sincos = sincos_weights(gaussian, image_h, image_w, dtype)
+        rows, ids = label_table(point_table, not_a_point, dtype) if table is None else table
+        coords, one_hot = _label_one_hot(point_coords, point_labels, boxes, pad, ids, dtype)
+        torch.mm(coords, sincos, out=out)  # angles, cos half shifted by pi/2
         out.sin_()
         # Each row gets its label's table row (none for labels outside -1..3): a small GEMM.
-        out.addmm_(one_hot.to(dtype), label_table)
+        out.addmm_(one_hot.to(dtype), rows)
     out = out.view(batch, tokens, channels)
     return out if out_dtype == dtype else out.to(out_dtype)
 
@@ -163,16 +159,17 @@ def sparse_embed_functional(
     image_w: int,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """:func:`sparse_embed` without in-place writes (the readable form), for exporters such as
-    ONNX, which take the op apart into these aten ops. Same shapes and results."""
+    """:func:`sparse_embed`'s arithmetic without in-place writes: differentiable in every input
+    (the Gaussian included; forward and reverse mode, double backward, functorch transforms) and
+    taken apart into aten ops by exporters such as ONNX. Same shapes and results."""
     dtype = compute_dtype(out_dtype)
-    coords, labels = gather_tokens(point_coords, point_labels, boxes, pad, dtype)
-    angles = (coords @ fourier_affine(gaussian, image_h, image_w, dtype)) * TWO_PI
-    encoding = torch.cat([angles.sin(), angles.cos()], dim=-1)
-    labels = labels[..., None]
-    label_ids = torch.arange(NUM_POINT_LABELS, device=labels.device, dtype=dtype)
-    encoding = encoding + (labels == label_ids).to(dtype) @ _as(point_table, dtype)
-    return torch.where(labels == PAD_LABEL, _as(not_a_point, dtype), encoding).to(out_dtype)
+    batch, num_points = point_labels.shape
+    tokens = num_points + int(pad) + 2 * boxes.shape[1]
+    rows, ids = label_table(point_table, not_a_point, dtype)
+    coords, one_hot = _label_one_hot(point_coords, point_labels, boxes, pad, ids, dtype)
+    angles = coords @ sincos_weights(gaussian, image_h, image_w, dtype)
+    out = torch.sin(angles) + one_hot.to(dtype) @ rows
+    return out.reshape(batch, tokens, point_table.shape[1]).to(out_dtype)
 
 
 def sparse_embed_backward(
@@ -243,3 +240,15 @@ def dense_pe(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype) -> 
         torch.sin(cos_half, out=out[:freqs])
         cos_half.cos_()
     return out if out_dtype == dtype else out.to(out_dtype)
+
+
+def dense_pe_functional(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """:func:`dense_pe`'s arithmetic without ``out=`` writes: differentiable in the Gaussian
+    (learnable Fourier features, forward mode, functorch transforms). gaussian: [2, F] -> [C, h, w]."""
+    dtype = compute_dtype(out_dtype)
+    device = gaussian.device
+    per_x, per_y, offset = (TWO_PI * fourier_affine(gaussian, h, w, torch.float64)).to(dtype)[:, :, None]
+    cols = torch.arange(w, device=device, dtype=dtype)
+    rows = torch.arange(h, device=device, dtype=dtype)
+    angles = torch.addcmul(offset, per_y, rows[None, :])[:, :, None] + (per_x * cols[None, :])[:, None, :]
+    return torch.cat([angles.sin(), angles.cos()]).to(out_dtype)

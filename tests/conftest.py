@@ -88,6 +88,8 @@ def nan_filled_allocations(monkeypatch):
     original = torch.empty
 
     def empty_nan(*args, **kwargs):
+        if kwargs.get("device") is None:  # a wrapper hides the call from `with torch.device(...)`
+            kwargs["device"] = torch.get_default_device()
         out = original(*args, **kwargs)
         if out.is_floating_point() and not isinstance(out, torch._subclasses.FakeTensor):
             out.fill_(float("nan"))

@@ -22,7 +22,6 @@ CASES = [
     ("coords-list", ([[1.0, 2.0]], L), None, None, TypeError, ["coords", "list"]),
     ("labels-numpy", (C, L.numpy()), None, None, TypeError, ["labels", "ndarray"]),
     ("coords-complex", (C.to(torch.complex64), L), None, None, TypeError, ["coords", "complex64"]),
-    ("labels-bool", (C, L.bool()), None, None, TypeError, ["labels", "bool"]),
     ("boxes-last-5", None, torch.zeros(2, 5), None, ValueError, ["boxes", "(2, 5)", "[B, 4]"]),
     ("boxes-4d", None, torch.zeros(2, 1, 1, 4), None, ValueError, ["boxes", "(2, 1, 1, 4)"]),
     ("boxes-not-tensor", None, [0, 0, 1, 1], None, TypeError, ["boxes", "list"]),
