@@ -2,10 +2,11 @@
 C = 256) on the PyTorch path, forward and backward:
 
 - ``reference``: the implementation called directly (no dispatcher, records no autograd), with
-  its constants (folded Fourier weights, label table) derived once beforehand, as the encoder
-  caches them; ``reference, folding`` derives them in the call;
+  its folded Fourier weights and label table derived once beforehand; ``reference, folding``
+  derives them in the call;
 - ``ops.sparse_embed``: the public wrapper (skips the dispatcher for eager calls that record no
-  autograd, else calls the registered op), given those constants as the encoder does;
+  autograd, else calls the registered op), given a ``DerivedCache`` as the encoder does (so the
+  cost of validating the kept values by value against the weights is in it);
 - ``registered op``: ``torch.ops.sam2_prompt.sparse_embed`` through the dispatcher (and its
   autograd wrapper when an input needs a gradient); it folds the constants in every call;
 - ``encoder``: the whole ``PromptEncoder.forward`` for the same click, for scale.
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from sam2_prompt import PromptEncoder, ops, reference
+from sam2_prompt.cache import DerivedCache
 
 GEN = torch.Generator().manual_seed(0)
 EMBED, IMAGE = 256, 1024
@@ -37,14 +39,17 @@ def forward_calls(grad: bool):
     torch.manual_seed(0)
     encoder = PromptEncoder(EMBED, (64, 64), (IMAGE, IMAGE), 16, backend="torch")
     encoder.requires_grad_(grad)
-    constants = reference.sparse_constants(GAUSSIAN, table, not_a_point, IMAGE, IMAGE, torch.float32)
+    sincos = reference.sincos_weights(GAUSSIAN, IMAGE, IMAGE, torch.float32)
+    folded_table = reference.label_table(table.detach(), not_a_point.detach(), torch.float32)
+    derived = DerivedCache()
     calls = {
-        "ops.sparse_embed": lambda: ops.sparse_embed(*args, False, constants),
+        "ops.sparse_embed": lambda: ops.sparse_embed(*args, False, derived),
         "registered op": lambda: ops.sparse_embed_op(*args, False),
         "encoder": lambda: encoder(CLICK, None, None)[0],
     }
     if not grad:  # out= writes: the implementation alone cannot record autograd
-        calls["reference"] = lambda: reference.sparse_embed(*args, constants=constants)
+        calls["reference"] = lambda: reference.sparse_embed(*args, sincos=sincos,
+                                                            table=folded_table)
         calls["reference, folding"] = lambda: reference.sparse_embed(*args)
     return calls
 

@@ -6,7 +6,7 @@
     pytest bench/ --benchmark-disable      each benchmark runs once: a quick smoke run
     pytest bench/ --benchmark-autosave; pytest bench/ --benchmark-compare   between commits
 
-The hook for new benchmarks: a test function in bench/ that takes ``case`` and ``backend``
+The hook for new benchmarks: a test function in bench/tests/ that takes ``case`` and ``backend``
 arguments is run over the shared grid (pytest_generate_tests below), and the ``encoder`` fixture
 gives it the backend's forward, the case's inputs, and the oracle check already done.
 """
