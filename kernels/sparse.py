@@ -12,14 +12,22 @@ for coordinates in [-64, W + 64] (G ~ randn(2, 128); 12 sweeps of 4000 points), 
 shift into a constant term (t = x a + y b + c) reaches 5e-6.
 
 Kernel shape: a program writes REPS blocks of BLOCK_T token rows x all C channels, straight-line
-code; each thread owns 16 frequencies of a token as 16-byte vectors of its sin and cos halves (no
-layout conversions: see the kernel), so that per-token index math, coordinate and label loads and
-the row gather are amortised over 32 outputs.
+code; each thread owns 8 to 24 frequencies of one token (see tile_config) as 16-byte vectors of
+its sin and cos halves, so that the per-token index math, coordinate and label loads and the row
+gather are amortised over 16 to 48 outputs, with no layout conversions (tiles of words have their
+own layout: Triton recomputes the few per-token values they need rather than converting).
+Tokens are split into (prompt, token) by a multiply-high with a magic number (divisor_magic),
+offsets are int32 unless an input or the output can reach 2^31 elements (WIDE), integer labels
+are compared as integers, and bf16 table rows are read as 32-bit words, widened by one integer op
+per value with the row's keep-or-drop mask folded in (no masked loads).
 """
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from .sincos import cos_poly, reduce_half_turns, round_to, sin_over_r, xor_sign
 
@@ -36,69 +44,178 @@ def centred_slope(gauss, half_extent, inv_half_extent):
 
 
 @triton.jit
-def image_slopes(gauss_ptr, gauss_s0, gauss_s1, freq_tile, freq_ok, x_shift, y_shift, half_w,
-                 half_h, inv_half_w, inv_half_h):
-    """Per-frequency slopes 2 G / extent (correctly rounded) in the tile's shape, and the fp32
-    centring shifts: turns = fma(x + x_shift, slope_x, (y + y_shift) * slope_y)."""
-    g0 = tl.load(gauss_ptr + freq_tile * gauss_s1, mask=freq_ok, other=0.0).to(tl.float32)
-    g1 = tl.load(gauss_ptr + gauss_s0 + freq_tile * gauss_s1, mask=freq_ok,
-                 other=0.0).to(tl.float32)
+def chunk_freqs(FIRST: tl.constexpr, CHUNKS: tl.constexpr, SPAN: tl.constexpr):
+    """[CHUNKS, 1, SPAN] int32: frequency (FIRST + chunk) * SPAN + lane of each tile element."""
+    chunk = FIRST + tl.arange(0, CHUNKS)
+    return (chunk * SPAN)[:, None, None] + tl.arange(0, SPAN)[None, None, :]
+
+
+@triton.jit
+def load_fp32(base, lo_keep, hi_keep, ok, FIRST: tl.constexpr, CHUNKS: tl.constexpr,
+              SPAN: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr,
+              MASKED: tl.constexpr):
+    """Row values at base + frequency (the tile of chunk_freqs) -> fp32 [CHUNKS, BLOCK_T, SPAN],
+    zero where the row is dropped. base: a pointer or [1, BLOCK_T, 1] pointers.
+
+    WORDS (bf16 rows, 4-byte aligned, pairs (2k, 2k + 1) in one thread): each 32-bit word holds two
+    neighbours, widened by one integer op each: lo = w * lo_keep, hi = w & hi_keep, where
+    (lo_keep, hi_keep) = (0x10000, 0xFFFF0000) keeps the row and (0, 0) drops it, so the load needs
+    no mask (base always points at a real row). Otherwise a masked load (``ok``) and a convert.
+    MASKED: the tile runs past the row (frequencies >= F are masked off by ``ok``)."""
+    if WORDS:
+        word = chunk_freqs(FIRST, CHUNKS, SPAN // 2) + tl.zeros([1, BLOCK_T, 1], dtype=tl.int32)
+        words = base.to(tl.pointer_type(tl.uint32), bitcast=True) + word
+        if MASKED:
+            w = tl.load(words, mask=ok, other=0)
+        else:
+            w = tl.load(words)
+        lo = (w * lo_keep).to(tl.float32, bitcast=True)
+        hi = (w & hi_keep).to(tl.float32, bitcast=True)
+        return tl.join(lo, hi).reshape([CHUNKS, BLOCK_T, SPAN])
+    else:
+        freq = chunk_freqs(FIRST, CHUNKS, SPAN) + tl.zeros([1, BLOCK_T, 1], dtype=tl.int32)
+        return tl.load(base + freq, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def chunk_slopes(gauss_ptr, gauss_s0, gauss_s1, F: tl.constexpr, FIRST: tl.constexpr,
+                 CHUNKS: tl.constexpr, SPAN: tl.constexpr, BLOCK_T: tl.constexpr,
+                 WORDS: tl.constexpr, MASKED: tl.constexpr, half_w, half_h, inv_half_w,
+                 inv_half_h):
+    """Per-frequency slopes 2 G / extent (correctly rounded) of chunks FIRST.., in the full
+    [CHUNKS, BLOCK_T, SPAN] tile: loads (and everything downstream) take the stores' layout."""
+    if WORDS:  # unit column stride, both rows 4-byte aligned (checked by the launcher)
+        ok = chunk_freqs(FIRST, CHUNKS, SPAN // 2) < F // 2
+        lo_keep = tl.full([1, 1, 1], 0x10000, tl.uint32)
+        g0 = load_fp32(gauss_ptr, lo_keep, 0 - lo_keep, ok, FIRST, CHUNKS, SPAN, BLOCK_T, WORDS,
+                       MASKED)
+        g1 = load_fp32(gauss_ptr + gauss_s0, lo_keep, 0 - lo_keep, ok, FIRST, CHUNKS, SPAN,
+                       BLOCK_T, WORDS, MASKED)
+    else:
+        freq = chunk_freqs(FIRST, CHUNKS, SPAN) + tl.zeros([1, BLOCK_T, 1], dtype=tl.int32)
+        if MASKED:
+            g0 = tl.load(gauss_ptr + freq * gauss_s1, mask=freq < F, other=0.0)
+            g1 = tl.load(gauss_ptr + gauss_s0 + freq * gauss_s1, mask=freq < F, other=0.0)
+        else:
+            g0 = tl.load(gauss_ptr + freq * gauss_s1)
+            g1 = tl.load(gauss_ptr + gauss_s0 + freq * gauss_s1)
+        g0 = g0.to(tl.float32)
+        g1 = g1.to(tl.float32)
     slope_x = centred_slope(g0, tl.cast(half_w, tl.float32), tl.cast(inv_half_w, tl.float32))
     slope_y = centred_slope(g1, tl.cast(half_h, tl.float32), tl.cast(inv_half_h, tl.float32))
-    return slope_x, slope_y, tl.cast(x_shift, tl.float32), tl.cast(y_shift, tl.float32)
+    return slope_x, slope_y
+
+
+@triton.jit
+def split_rows(row, tokens, tokens_magic, tokens_shift, FAST_DIV: tl.constexpr,
+               WIDE: tl.constexpr):
+    """row: int32 token rows (< 2^31) -> (prompt, token) = divmod(row, T), int64 if WIDE else
+    int32. FAST_DIV: a multiply-high by the launcher's magic number (divisor_magic), else a
+    division (T symbolic when traced with dynamic shapes)."""
+    if FAST_DIV:
+        twice = (row * 2).to(tl.uint32, bitcast=True)  # row < 2^31: exact
+        prompt = (tl.umulhi(twice, tokens_magic.to(tl.uint32, bitcast=True))
+                  >> tokens_shift.to(tl.uint32))
+        prompt = prompt.to(tl.int32, bitcast=True)
+    else:
+        prompt = row // tokens
+    token = row - prompt * tokens
+    if WIDE:
+        return prompt.to(tl.int64), token.to(tl.int64)
+    else:
+        return prompt, token
 
 
 @triton.jit
 def load_tokens(
-    row, rows, tokens, num_points, pad,
+    row, rows, tokens, tokens_magic, tokens_shift, num_points, pad,
     coords_ptr, coords_sb, coords_sn, coords_sd, labels_ptr, labels_sb, labels_sn,
-    boxes_ptr, boxes_sb, boxes_sk, boxes_sd,
+    boxes_ptr, boxes_sb, boxes_sk, boxes_sd, FAST_DIV: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """Token rows (int32, any shape) -> (x, y, label) in fp32 and the row's (prompt, token).
+    """Token rows (int32, any shape) -> (x, y) in fp32, (is_pad, in_table, table_row), (prompt,
+    token) and (is_point, is_corner, corner_id).
 
     Row b * T + t is point t < N, the padding token t == N if pad, then box corners: corner_id
     = t - N - pad, box corner_id // 2, (x0, y0) if corner_id is even else (x1, y1), label 2 or 3.
-    Rows past the end read nothing and come out as padding (label -1)."""
+    Rows past the end read nothing and come out as padding (label -1). table_row is in 0..3 for
+    every token (the row of labels 0..3 and corners, else 0), so a row gather never leaves the
+    table."""
     live = row < rows
-    prompt = row // tokens
-    token = row - prompt * tokens
-    prompt64 = prompt.to(tl.int64)
-    token64 = token.to(tl.int64)
+    prompt, token = split_rows(row, tokens, tokens_magic, tokens_shift, FAST_DIV, WIDE)
     is_point = live & (token < num_points)
     corner_id = token - num_points - pad  # >= 0 for box corners
     is_corner = live & (corner_id >= 0)
-    corner = corner_id & 1
+    corner = (corner_id & 1).to(tl.int32)
 
-    point_at = prompt64 * coords_sb + token64 * coords_sn
+    # Each offset is summed in its own width, then widened once: one wide multiply-add per address
+    point_at = (prompt * coords_sb + token * coords_sn).to(tl.int64)
     px = tl.load(coords_ptr + point_at, mask=is_point, other=0).to(tl.float32)
     py = tl.load(coords_ptr + point_at + coords_sd, mask=is_point, other=0).to(tl.float32)
-    label = tl.load(labels_ptr + prompt64 * labels_sb + token64 * labels_sn,
-                    mask=is_point, other=0).to(tl.float32)
-    corner_at = (prompt64 * boxes_sb + (corner_id >> 1).to(tl.int64) * boxes_sk
-                 + (2 * corner).to(tl.int64) * boxes_sd)
+    corner_at = (prompt * boxes_sb + (corner_id >> 1) * boxes_sk
+                 + (2 * corner) * boxes_sd).to(tl.int64)
     bx = tl.load(boxes_ptr + corner_at, mask=is_corner, other=0).to(tl.float32)
     by = tl.load(boxes_ptr + corner_at + boxes_sd, mask=is_corner, other=0).to(tl.float32)
     x = tl.where(is_point, px, bx)
     y = tl.where(is_point, py, by)
-    label = tl.where(is_point, label, tl.where(is_corner, (2 + corner).to(tl.float32), PAD_LABEL))
-    return x, y, label, prompt, token
+
+    label_at = (prompt * labels_sb + token * labels_sn).to(tl.int64)
+    label = tl.load(labels_ptr + label_at, mask=is_point, other=0)
+    if label.dtype.is_floating():
+        # -1 is padding, 0..3 index the point table (2.0 counts as 2), anything else (4, -2, 0.5,
+        # NaN) has no row. min / max drop NaN, so the int conversion never sees NaN.
+        label = label.to(tl.float32)
+        point_row = tl.minimum(tl.maximum(label, 0.0), 3.0).to(tl.int32)
+        point_in_table = point_row.to(tl.float32) == label
+        point_pad = label == PAD_LABEL
+    else:  # integers: compared exactly, in 64 bits for 64-bit labels
+        if label.dtype.primitive_bitwidth == 64:
+            label = label.to(tl.int64, bitcast=True)
+            point_in_table = label.to(tl.uint64, bitcast=True) < 4
+        else:
+            label = label.to(tl.int32)
+            point_in_table = label.to(tl.uint32, bitcast=True) < 4
+        point_row = label.to(tl.int32) & 3
+        point_pad = label == -1
+    is_pad = tl.where(is_point, point_pad, ~is_corner)
+    in_table = tl.where(is_point, point_in_table, is_corner)
+    table_row = tl.where(is_point, point_row, 2 + corner)
+    return x, y, is_pad, in_table, table_row, prompt, token, is_point, is_corner, corner_id
 
 
 @triton.jit
-def label_rows(label):
-    """fp32 labels -> (is_pad, in_table, table_row): -1 is padding, 0..3 index the point table
-    (2.0 counts as 2), anything else (4, -2, 0.5, NaN) has no row; table_row is 0 then."""
-    is_pad = label == PAD_LABEL
-    # min / max drop NaN, so the int conversion never sees NaN or out-of-range values
-    table_row = tl.minimum(tl.maximum(label, 0.0), 3.0).to(tl.int32)
-    in_table = table_row.to(tl.float32) == label
-    return is_pad, in_table, table_row
+def encode_chunks(out_row, row_ptr, lo_keep, hi_keep, row_ok, live, xc, yc, cos_at_zero,
+                  slope_x, slope_y, F: tl.constexpr, FIRST: tl.constexpr, CHUNKS: tl.constexpr,
+                  SPAN: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr,
+                  MASKED: tl.constexpr, OUT_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """One token block's outputs at chunks FIRST .. FIRST + CHUNKS - 1: [sin | cos](2 pi t) + row,
+    written at out_row + frequency (sin half) and + F (cos half)."""
+    freq = chunk_freqs(FIRST, CHUNKS, SPAN)
+    freq_ok = freq < F
+    if WORDS:
+        word_ok = chunk_freqs(FIRST, CHUNKS, SPAN // 2) < F // 2
+        row_sin = load_fp32(row_ptr, lo_keep, hi_keep, word_ok, FIRST, CHUNKS, SPAN, BLOCK_T,
+                            WORDS, MASKED)
+        row_cos = load_fp32(row_ptr + F, lo_keep, hi_keep, word_ok, FIRST, CHUNKS, SPAN,
+                            BLOCK_T, WORDS, MASKED)
+    else:
+        ok = row_ok & freq_ok if MASKED else row_ok
+        row_sin = load_fp32(row_ptr, lo_keep, hi_keep, ok, FIRST, CHUNKS, SPAN, BLOCK_T, WORDS,
+                            MASKED)
+        row_cos = load_fp32(row_ptr + F, lo_keep, hi_keep, ok, FIRST, CHUNKS, SPAN, BLOCK_T,
+                            WORDS, MASKED)
+    r, flip = reduce_half_turns(tl.fma(xc, slope_x, yc * slope_y))
+    r2 = r * r
+    out_sin = tl.fma(xor_sign(r, flip), sin_over_r(r2), row_sin)
+    out_cos = xor_sign(cos_poly(r2, cos_at_zero), flip) + row_cos
+    out_ok = live & freq_ok if MASKED else live
+    tl.store(out_row + freq, round_to(out_sin, OUT_DTYPE, INTERPRET), mask=out_ok)
+    tl.store(out_row + F + freq, round_to(out_cos, OUT_DTYPE, INTERPRET), mask=out_ok)
 
 
 @triton.jit(do_not_specialize=[
     "coords_sb", "coords_sn", "coords_sd", "labels_sb", "labels_sn", "boxes_sb", "boxes_sk",
-    "boxes_sd", "rows", "tokens", "num_points", "pad",
-])
+    "boxes_sd", "rows", "tokens", "tokens_magic", "tokens_shift", "num_points", "pad",
+], do_not_specialize_on_alignment=["coords_ptr", "labels_ptr", "boxes_ptr"])
 def _sparse_embed_fwd_kernel(
     out_ptr,  # [B * T, C] contiguous, OUT_DTYPE
     coords_ptr, coords_sb, coords_sn, coords_sd,  # point_coords [B, N, 2], any dtype and strides
@@ -107,32 +224,46 @@ def _sparse_embed_fwd_kernel(
     gauss_ptr, gauss_s0, gauss_s1,  # gaussian [2, F]
     table_ptr, table_s0,  # point_table [4, C], unit column stride
     nap_ptr,  # not_a_point [1, C], unit column stride, same dtype as the table
-    rows, tokens, num_points, pad,  # rows = B * T, tokens = T = N + pad + 2 K
+    rows, tokens, tokens_magic, tokens_shift, num_points, pad,  # rows = B * T, T = N + pad + 2 K
     x_shift, y_shift, half_w, half_h, inv_half_w, inv_half_h,  # fp32 image constants
-    C: tl.constexpr, SPAN: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_T: tl.constexpr,
-    REPS: tl.constexpr, ROWS_ALIGNED: tl.constexpr, OUT_DTYPE: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    C: tl.constexpr, SPAN: tl.constexpr, CHUNKS: tl.constexpr, CHUNKS_B: tl.constexpr,
+    BLOCK_T: tl.constexpr, REPS: tl.constexpr, ALIGNED: tl.constexpr, FAST_DIV: tl.constexpr,
+    WIDE: tl.constexpr,
+    OUT_DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    # Tiles are [CHUNKS, BLOCK_T, SPAN]: frequency f = chunk * SPAN + lane_f. Threads spread over
-    # (token, lane_f) only, so every thread owns all CHUNKS chunks of its tokens: the per-token work
-    # (index math, loads, label logic) is amortised over 2 * CHUNKS * (SPAN / threads) outputs.
+    # Tiles are [CHUNKS, BLOCK_T, SPAN] (then [CHUNKS_B, BLOCK_T, SPAN] if CHUNKS_B > 0: chunk
+    # counts such as 3 = 2 + 1 stay powers of two): frequency f = chunk * SPAN + lane_f. Threads
+    # spread over (token, lane_f) only, so every thread owns all chunks of its token: the
+    # per-token work (index math, loads, label logic) is amortised over all its outputs.
     F: tl.constexpr = C // 2
+    MASKED: tl.constexpr = (CHUNKS + CHUNKS_B) * SPAN != F
+    # bf16 rows as 32-bit words: 4-byte aligned rows (ALIGNED) and even frequency pairs
+    WORDS: tl.constexpr = (ALIGNED and table_ptr.dtype.element_ty == tl.bfloat16
+                           and (F % 2 == 0) and (SPAN % 2 == 0))
+    GAUSS_WORDS: tl.constexpr = (ALIGNED and gauss_ptr.dtype.element_ty == tl.bfloat16
+                                 and (F % 2 == 0) and (SPAN % 2 == 0))
     pid = tl.program_id(0)
-    freq = (tl.arange(0, CHUNKS) * SPAN)[:, None, None] + tl.arange(0, SPAN)[None, None, :]
-    freq_ok = freq < F
-    # Loaded in the full tile shape so that the loads (and everything downstream) take the
-    # layout of the output stores: 16-byte vectors along the frequencies, no layout conversions.
-    freq_tile = freq + tl.zeros([1, BLOCK_T, 1], dtype=tl.int32)
-    slope_x, slope_y, x_shift, y_shift = image_slopes(
-        gauss_ptr, gauss_s0, gauss_s1, freq_tile, freq_ok, x_shift, y_shift, half_w, half_h,
-        inv_half_w, inv_half_h)
+    slope_x, slope_y = chunk_slopes(gauss_ptr, gauss_s0, gauss_s1, F, 0, CHUNKS, SPAN, BLOCK_T,
+                                    GAUSS_WORDS, MASKED, half_w, half_h, inv_half_w, inv_half_h)
+    if CHUNKS_B > 0:
+        slope_xb, slope_yb = chunk_slopes(gauss_ptr, gauss_s0, gauss_s1, F, CHUNKS, CHUNKS_B,
+                                          SPAN, BLOCK_T, GAUSS_WORDS, MASKED, half_w, half_h,
+                                          inv_half_w, inv_half_h)
+    x_shift = tl.cast(x_shift, tl.float32)
+    y_shift = tl.cast(y_shift, tl.float32)
 
+    first_row = pid * (REPS * BLOCK_T) + tl.arange(0, BLOCK_T)[None, :, None]  # int32
+    if WIDE:
+        out_rows = out_ptr + first_row.to(tl.int64) * C
+    else:
+        out_rows = out_ptr + (first_row * C).to(tl.int64)
     for rep in tl.static_range(REPS):
-        row = (pid * REPS + rep) * BLOCK_T + tl.arange(0, BLOCK_T)[None, :, None]  # int32
-        x, y, label, prompt, token = load_tokens(
-            row, rows, tokens, num_points, pad, coords_ptr, coords_sb, coords_sn, coords_sd,
-            labels_ptr, labels_sb, labels_sn, boxes_ptr, boxes_sb, boxes_sk, boxes_sd)
-        is_pad, in_table, table_row = label_rows(label)
+        row = first_row + rep * BLOCK_T
+        live = row < rows
+        x, y, is_pad, in_table, table_row, _, _, _, _, _ = load_tokens(
+            row, rows, tokens, tokens_magic, tokens_shift, num_points, pad, coords_ptr,
+            coords_sb, coords_sn, coords_sd, labels_ptr, labels_sb, labels_sn, boxes_ptr,
+            boxes_sb, boxes_sk, boxes_sd, FAST_DIV, WIDE)
         # Label -1 (padding included): the positional part must vanish exactly, even for NaN
         # coordinates. Centred coordinates (0, 0) give t = 0, r = 0, so the sin part r * P is +0;
         # the cos polynomial's constant term is 0 instead of 1 there.
@@ -140,36 +271,79 @@ def _sparse_embed_fwd_kernel(
         yc = tl.where(is_pad, 0.0, y + y_shift)
         cos_at_zero = tl.where(is_pad, 0.0, 1.0)
         row_ptr = tl.where(is_pad, nap_ptr, table_ptr + table_row * table_s0)
-        if ROWS_ALIGNED:  # both rows start 16-byte aligned (checked by the launcher): vector loads
+        if ALIGNED:  # both rows start 16-byte aligned (checked by the launcher): vector loads
             row_ptr = tl.multiple_of(row_ptr, [16, 16, 16])
-        row_ok = (in_table | is_pad) & freq_ok
-
-        turns = tl.fma(xc, slope_x, yc * slope_y)
-        r, flip = reduce_half_turns(turns)
-        r2 = r * r
-        row_sin = tl.load(row_ptr + freq, mask=row_ok, other=0.0).to(tl.float32)
-        row_cos = tl.load(row_ptr + F + freq, mask=row_ok, other=0.0).to(tl.float32)
-        out_sin = tl.fma(xor_sign(r, flip), sin_over_r(r2), row_sin)
-        out_cos = xor_sign(cos_poly(r2, cos_at_zero), flip) + row_cos
-
-        out_at = out_ptr + row.to(tl.int64) * C + freq
-        out_ok = (row < rows) & freq_ok
-        tl.store(out_at, round_to(out_sin, OUT_DTYPE, INTERPRET), mask=out_ok)
-        tl.store(out_at + F, round_to(out_cos, OUT_DTYPE, INTERPRET), mask=out_ok)
+        row_ok = in_table | is_pad
+        lo_keep = row_ok.to(tl.uint32) << 16  # 0x10000 keeps a bf16 word's low half, 0 drops it
+        hi_keep = 0 - lo_keep  # 0xFFFF0000 or 0
+        out_row = out_rows + rep * BLOCK_T * C  # a constant offset: immediates in the stores
+        encode_chunks(out_row, row_ptr, lo_keep, hi_keep, row_ok, live, xc, yc, cos_at_zero,
+                      slope_x, slope_y, F, 0, CHUNKS, SPAN, BLOCK_T, WORDS, MASKED, OUT_DTYPE,
+                      INTERPRET)
+        if CHUNKS_B > 0:
+            encode_chunks(out_row, row_ptr, lo_keep, hi_keep, row_ok, live, xc, yc, cos_at_zero,
+                          slope_xb, slope_yb, F, CHUNKS, CHUNKS_B, SPAN, BLOCK_T, WORDS, MASKED,
+                          OUT_DTYPE, INTERPRET)
 
 
 @triton.jit
-def _class_sum(acc, is_class, grad):
-    return acc + tl.where(is_class, grad, 0.0)
+def class_sums(sums, grad, is_class0, is_class1, is_class2, is_class3, is_pad):
+    """Adds ``grad`` to the sum of its token's class (table rows 0..3, padding); selects, not
+    0/1 weights, so an inf or NaN gradient stays in its own class."""
+    sum0, sum1, sum2, sum3, sum_pad = sums
+    return (tl.where(is_class0, sum0 + grad, sum0), tl.where(is_class1, sum1 + grad, sum1),
+            tl.where(is_class2, sum2 + grad, sum2), tl.where(is_class3, sum3 + grad, sum3),
+            tl.where(is_pad, sum_pad + grad, sum_pad))
+
+
+@triton.jit
+def grad_chunks(sin_sums, cos_sums, grad_row, live, xc, yc, is_class0, is_class1, is_class2,
+                is_class3, is_pad, slope_x, slope_y, F: tl.constexpr, FIRST: tl.constexpr,
+                CHUNKS: tl.constexpr, SPAN: tl.constexpr, MASKED: tl.constexpr):
+    """One token block's gradient at chunks FIRST.. -> (class sums of the sin and cos halves,
+    d loss / d x and d y of each token over these frequencies, [1, BLOCK_T, 1], without 2 pi)."""
+    freq = chunk_freqs(FIRST, CHUNKS, SPAN)
+    ok = live & (freq < F) if MASKED else live
+    grad_sin = tl.load(grad_row + freq, mask=ok, other=0.0).to(tl.float32)
+    grad_cos = tl.load(grad_row + F + freq, mask=ok, other=0.0).to(tl.float32)
+    sin_sums = class_sums(sin_sums, grad_sin, is_class0, is_class1, is_class2, is_class3, is_pad)
+    cos_sums = class_sums(cos_sums, grad_cos, is_class0, is_class1, is_class2, is_class3, is_pad)
+    # d out[sin_f] / dt_f = 2 pi cos, d out[cos_f] / dt_f = -2 pi sin, dt_f / dx = slope_x
+    r, flip = reduce_half_turns(tl.fma(xc, slope_x, yc * slope_y))
+    r2 = r * r
+    sin_t = xor_sign(r, flip) * sin_over_r(r2)
+    cos_t = xor_sign(cos_poly(r2, 1.0), flip)
+    grad_turns = tl.fma(grad_sin, cos_t, -(grad_cos * sin_t))
+    grad_x = tl.sum(tl.sum(grad_turns * slope_x, axis=2, keep_dims=True), axis=0, keep_dims=True)
+    grad_y = tl.sum(tl.sum(grad_turns * slope_y, axis=2, keep_dims=True), axis=0, keep_dims=True)
+    return sin_sums, cos_sums, grad_x, grad_y
+
+
+@triton.jit
+def store_class_sums(table_at, nap_at, sin_sums, cos_sums, C: tl.constexpr, FIRST: tl.constexpr,
+                     CHUNKS: tl.constexpr, SPAN: tl.constexpr):
+    """A program's class sums (over its tokens) -> rows 0..3 of table_at [4, C], nap_at [1, C]."""
+    F: tl.constexpr = C // 2
+    freq = chunk_freqs(FIRST, CHUNKS, SPAN)
+    ok = freq < F
+    sums = (sin_sums, cos_sums)
+    for half in tl.static_range(2):
+        sum0, sum1, sum2, sum3, sum_pad = sums[half]
+        at = freq + half * F
+        tl.store(table_at + at, tl.sum(sum0, axis=1, keep_dims=True), mask=ok)
+        tl.store(table_at + C + at, tl.sum(sum1, axis=1, keep_dims=True), mask=ok)
+        tl.store(table_at + 2 * C + at, tl.sum(sum2, axis=1, keep_dims=True), mask=ok)
+        tl.store(table_at + 3 * C + at, tl.sum(sum3, axis=1, keep_dims=True), mask=ok)
+        tl.store(nap_at + at, tl.sum(sum_pad, axis=1, keep_dims=True), mask=ok)
 
 
 @triton.jit(do_not_specialize=[
-    "grad_sb", "grad_st", "coords_sb", "coords_sn", "coords_sd", "labels_sb", "labels_sn",
-    "boxes_sb", "boxes_sk", "boxes_sd", "rows", "tokens", "num_points", "num_boxes", "pad",
-    "num_blocks",
-])
+    "coords_sb", "coords_sn", "coords_sd", "labels_sb", "labels_sn", "boxes_sb", "boxes_sk",
+    "boxes_sd", "rows", "tokens", "tokens_magic", "tokens_shift", "num_points", "num_boxes",
+    "pad", "num_blocks",
+], do_not_specialize_on_alignment=["coords_ptr", "labels_ptr", "boxes_ptr"])
 def _sparse_embed_bwd_kernel(
-    grad_ptr, grad_sb, grad_st,  # grad_out [B, T, C], unit channel stride, any float dtype
+    grad_ptr,  # grad_out [B * T, C] contiguous, any float dtype
     coords_ptr, coords_sb, coords_sn, coords_sd,  # point_coords [B, N, 2]
     labels_ptr, labels_sb, labels_sn,  # point_labels [B, N]
     boxes_ptr, boxes_sb, boxes_sk, boxes_sd,  # boxes [B, K, 4]
@@ -178,85 +352,78 @@ def _sparse_embed_bwd_kernel(
     grad_boxes_ptr,  # [B, K, 4] fp32 contiguous
     table_part_ptr,  # [P, 4, C] fp32: per-program sums of grad rows with labels 0..3
     nap_part_ptr,  # [P, 1, C] fp32: per-program sums of grad rows with label -1
-    rows, tokens, num_points, num_boxes, pad, num_blocks,
+    rows, tokens, tokens_magic, tokens_shift, num_points, num_boxes, pad, num_blocks,
     x_shift, y_shift, half_w, half_h, inv_half_w, inv_half_h,
-    C: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr,
+    C: tl.constexpr, SPAN: tl.constexpr, CHUNKS: tl.constexpr, CHUNKS_B: tl.constexpr,
+    BLOCK_T: tl.constexpr, FAST_DIV: tl.constexpr, WIDE: tl.constexpr,
 ):
+    # Tiles as in the forward kernel: [CHUNKS (+ CHUNKS_B), BLOCK_T, SPAN], a thread owns a few
+    # frequencies of one token, so the per-token sums over frequencies stay within a warp.
     # Program p walks token blocks p, p + P, p + 2P, ... (a fixed partition: deterministic).
-    # d out[sin_f] / dt_f = 2 pi cos, d out[cos_f] / dt_f = -2 pi sin, dt_f / dx = a_f.
     F: tl.constexpr = C // 2
+    MASKED: tl.constexpr = (CHUNKS + CHUNKS_B) * SPAN != F
     TWO_PI: tl.constexpr = 6.283185307179586
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
-    freq = tl.arange(0, BLOCK_F)[None, :]
-    freq_ok = freq < F
-    freq_tile = freq + tl.zeros([BLOCK_T, 1], dtype=tl.int32)
-    slope_x, slope_y, x_shift, y_shift = image_slopes(
-        gauss_ptr, gauss_s0, gauss_s1, freq_tile, freq_ok, x_shift, y_shift, half_w, half_h,
-        inv_half_w, inv_half_h)
+    slope_x, slope_y = chunk_slopes(gauss_ptr, gauss_s0, gauss_s1, F, 0, CHUNKS, SPAN, BLOCK_T,
+                                    False, MASKED, half_w, half_h, inv_half_w, inv_half_h)
+    zero = tl.zeros([CHUNKS, BLOCK_T, SPAN], dtype=tl.float32)
+    sin_sums = (zero, zero, zero, zero, zero)
+    cos_sums = (zero, zero, zero, zero, zero)
+    if CHUNKS_B > 0:
+        slope_xb, slope_yb = chunk_slopes(gauss_ptr, gauss_s0, gauss_s1, F, CHUNKS, CHUNKS_B,
+                                          SPAN, BLOCK_T, False, MASKED, half_w, half_h,
+                                          inv_half_w, inv_half_h)
+        zero_b = tl.zeros([CHUNKS_B, BLOCK_T, SPAN], dtype=tl.float32)
+        sin_sums_b = (zero_b, zero_b, zero_b, zero_b, zero_b)
+        cos_sums_b = (zero_b, zero_b, zero_b, zero_b, zero_b)
+    x_shift = tl.cast(x_shift, tl.float32)
+    y_shift = tl.cast(y_shift, tl.float32)
 
-    zero = tl.zeros([BLOCK_T, BLOCK_F], dtype=tl.float32)
-    sin0, sin1, sin2, sin3, sin_pad = zero, zero, zero, zero, zero
-    cos0, cos1, cos2, cos3, cos_pad = zero, zero, zero, zero, zero
     for block in range(pid, num_blocks, num_programs):
-        row = block * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+        row = block * BLOCK_T + tl.arange(0, BLOCK_T)[None, :, None]
         live = row < rows
-        x, y, label, prompt, token = load_tokens(
-            row, rows, tokens, num_points, pad, coords_ptr, coords_sb, coords_sn, coords_sd,
-            labels_ptr, labels_sb, labels_sn, boxes_ptr, boxes_sb, boxes_sk, boxes_sd)
-        is_pad, in_table, table_row = label_rows(label)
-        grad_at = grad_ptr + prompt.to(tl.int64) * grad_sb + token.to(tl.int64) * grad_st + freq
-        grad_ok = live & freq_ok
-        grad_sin = tl.load(grad_at, mask=grad_ok, other=0.0).to(tl.float32)
-        grad_cos = tl.load(grad_at + F, mask=grad_ok, other=0.0).to(tl.float32)
-
-        # Table rows and not_a_point: sums of grad rows per label class (fixed order).
-        sin0 = _class_sum(sin0, in_table & (table_row == 0), grad_sin)
-        cos0 = _class_sum(cos0, in_table & (table_row == 0), grad_cos)
-        sin1 = _class_sum(sin1, in_table & (table_row == 1), grad_sin)
-        cos1 = _class_sum(cos1, in_table & (table_row == 1), grad_cos)
-        sin2 = _class_sum(sin2, in_table & (table_row == 2), grad_sin)
-        cos2 = _class_sum(cos2, in_table & (table_row == 2), grad_cos)
-        sin3 = _class_sum(sin3, in_table & (table_row == 3), grad_sin)
-        cos3 = _class_sum(cos3, in_table & (table_row == 3), grad_cos)
-        sin_pad = _class_sum(sin_pad, is_pad & live, grad_sin)
-        cos_pad = _class_sum(cos_pad, is_pad & live, grad_cos)
-
-        # Coordinates (sin and cos recomputed as in the forward; padding rows contribute 0).
+        x, y, is_pad, in_table, table_row, prompt, token, is_point, is_corner, corner_id = \
+            load_tokens(row, rows, tokens, tokens_magic, tokens_shift, num_points, pad,
+                        coords_ptr, coords_sb, coords_sn, coords_sd, labels_ptr, labels_sb,
+                        labels_sn, boxes_ptr, boxes_sb, boxes_sk, boxes_sd, FAST_DIV, WIDE)
+        is_class0 = in_table & (table_row == 0)
+        is_class1 = in_table & (table_row == 1)
+        is_class2 = in_table & (table_row == 2)
+        is_class3 = in_table & (table_row == 3)
+        is_pad_row = is_pad & live
+        # padding rows (whose coordinates may be NaN) get no coordinate gradient: see below
         xc = tl.where(is_pad, 0.0, x + x_shift)
         yc = tl.where(is_pad, 0.0, y + y_shift)
-        r, flip = reduce_half_turns(tl.fma(xc, slope_x, yc * slope_y))
-        r2 = r * r
-        sin_t = xor_sign(r, flip) * sin_over_r(r2)
-        cos_t = xor_sign(cos_poly(r2, 1.0), flip)
-        grad_turns = tl.where(freq_ok, tl.fma(grad_sin, cos_t, -(grad_cos * sin_t)), 0.0)
-        grad_x = tl.where(is_pad, 0.0, TWO_PI * tl.sum(grad_turns * slope_x, axis=1)[:, None])
-        grad_y = tl.where(is_pad, 0.0, TWO_PI * tl.sum(grad_turns * slope_y, axis=1)[:, None])
+        if WIDE:
+            grad_row = grad_ptr + row.to(tl.int64) * C
+        else:
+            grad_row = grad_ptr + (row * C).to(tl.int64)
+        sin_sums, cos_sums, grad_x, grad_y = grad_chunks(
+            sin_sums, cos_sums, grad_row, live, xc, yc, is_class0, is_class1, is_class2,
+            is_class3, is_pad_row, slope_x, slope_y, F, 0, CHUNKS, SPAN, MASKED)
+        if CHUNKS_B > 0:
+            sin_sums_b, cos_sums_b, grad_xb, grad_yb = grad_chunks(
+                sin_sums_b, cos_sums_b, grad_row, live, xc, yc, is_class0, is_class1,
+                is_class2, is_class3, is_pad_row, slope_xb, slope_yb, F, CHUNKS, CHUNKS_B, SPAN,
+                MASKED)
+            grad_x += grad_xb
+            grad_y += grad_yb
+        grad_x = tl.where(is_pad, 0.0, TWO_PI * grad_x)
+        grad_y = tl.where(is_pad, 0.0, TWO_PI * grad_y)
 
-        is_point = live & (token < num_points)
-        corner_id = token - num_points - pad
-        is_corner = live & (corner_id >= 0)
-        point_at = (prompt.to(tl.int64) * num_points + token) * 2
+        point_at = (prompt * num_points + token) * 2
         tl.store(grad_coords_ptr + point_at, grad_x, mask=is_point)
         tl.store(grad_coords_ptr + point_at + 1, grad_y, mask=is_point)
-        corner_at = (prompt.to(tl.int64) * num_boxes + (corner_id >> 1)) * 4 + 2 * (corner_id & 1)
+        corner_at = (prompt * num_boxes + (corner_id >> 1)) * 4 + 2 * (corner_id & 1)
         tl.store(grad_boxes_ptr + corner_at, grad_x, mask=is_corner)
         tl.store(grad_boxes_ptr + corner_at + 1, grad_y, mask=is_corner)
 
-    part = tl.arange(0, BLOCK_F)
-    ok = part < F
-    table_at = table_part_ptr + pid.to(tl.int64) * (4 * C) + part
-    tl.store(table_at + 0 * C, tl.sum(sin0, axis=0), mask=ok)
-    tl.store(table_at + 0 * C + F, tl.sum(cos0, axis=0), mask=ok)
-    tl.store(table_at + 1 * C, tl.sum(sin1, axis=0), mask=ok)
-    tl.store(table_at + 1 * C + F, tl.sum(cos1, axis=0), mask=ok)
-    tl.store(table_at + 2 * C, tl.sum(sin2, axis=0), mask=ok)
-    tl.store(table_at + 2 * C + F, tl.sum(cos2, axis=0), mask=ok)
-    tl.store(table_at + 3 * C, tl.sum(sin3, axis=0), mask=ok)
-    tl.store(table_at + 3 * C + F, tl.sum(cos3, axis=0), mask=ok)
-    nap_at = nap_part_ptr + pid.to(tl.int64) * C + part
-    tl.store(nap_at, tl.sum(sin_pad, axis=0), mask=ok)
-    tl.store(nap_at + F, tl.sum(cos_pad, axis=0), mask=ok)
+    table_at = table_part_ptr + pid.to(tl.int64) * (4 * C)
+    nap_at = nap_part_ptr + pid.to(tl.int64) * C
+    store_class_sums(table_at, nap_at, sin_sums, cos_sums, C, 0, CHUNKS, SPAN)
+    if CHUNKS_B > 0:
+        store_class_sums(table_at, nap_at, sin_sums_b, cos_sums_b, C, CHUNKS, CHUNKS_B, SPAN)
 
 
 @triton.jit(do_not_specialize=["num_partials"])
@@ -294,27 +461,97 @@ def launch(kernel, grid, *args, **kwargs):
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 
-def tile_config(embed_dim: int, out_bytes: int, num_warps: int = NUM_WARPS):
-    """(SPAN, CHUNKS, BLOCK_T) for a [CHUNKS, BLOCK_T, SPAN] tile keyed on C and the output width.
-
-    Each thread owns 16 frequencies of a token (fewer if C < 32) as CHUNKS vectors of 16 bytes of
-    output: enough outputs to amortise the per-token index math and loads, few enough registers."""
-    pow2 = triton.next_power_of_2(embed_dim // 2)
-    freqs_per_thread = min(16, pow2)
-    vec = min(16 // out_bytes, freqs_per_thread)
-    chunks = freqs_per_thread // vec
-    span = pow2 // chunks
-    threads_f = span // vec
-    block_t = max(1, 32 * num_warps // threads_f)
-    return span, chunks, block_t
+MAX_FREQS_PER_THREAD = 24  # register budget: slopes and outputs of 24 frequencies per thread
+# Cost model for tile_config, in SASS instructions per thread and token block (measured on sm_90):
+# the per-token work (index math, loads, labels, row pointer) and the work per frequency.
+TOKEN_COST = 64
+FREQ_COST = 20
 
 
-def _row_aligned(t: torch.Tensor, rows_stride_too: bool) -> bool:
-    """A [R, C] row table whose rows start 16-byte aligned, judged from strides and the storage
-    offset (allocations are aligned; this also works on the fake tensors of make_fx)."""
-    size = t.element_size()
-    ok = t.stride(1) == 1 and (t.storage_offset() * size) % 16 == 0
-    return ok and (not rows_stride_too or (t.stride(0) * size) % 16 == 0)
+@functools.lru_cache(maxsize=256)  # a pure function of a few ints, on every launch's host path
+def tile_config(embed_dim: int, out_bytes: int, num_warps: int = NUM_WARPS,
+                max_freqs: int = MAX_FREQS_PER_THREAD):
+    """(SPAN, CHUNKS, CHUNKS_B, BLOCK_T) for [CHUNKS (+ CHUNKS_B), BLOCK_T, SPAN] tiles.
+
+    A token's F = C / 2 frequencies are split over ``SPAN / vec`` threads (a power of two), each
+    owning CHUNKS + CHUNKS_B vectors of ``vec`` frequencies (16 bytes of output each); chunk
+    counts that are not powers of two are split in two powers of two (3 = 2 + 1, 6 = 4 + 2).
+    Among the splits with at most ``max_freqs`` frequencies per thread, the cheapest per
+    token by the cost model: fewer threads per token amortise the per-token work over more
+    outputs, and tiles that overshoot F (masked lanes) waste theirs."""
+    freqs = embed_dim // 2
+    threads = 32 * num_warps
+    vec = min(16 // out_bytes, triton.next_power_of_2(freqs))
+    best = None
+    for threads_f in (1, 2, 4, 8, 16, 32):
+        span = threads_f * vec
+        chunks = triton.cdiv(freqs, span)
+        chunks_a = 1 << (chunks.bit_length() - 1)
+        chunks_b = triton.next_power_of_2(chunks - chunks_a) if chunks > chunks_a else 0
+        per_thread = (chunks_a + chunks_b) * vec
+        if per_thread > max_freqs and threads_f < 32:
+            continue
+        cost = threads_f * (TOKEN_COST + FREQ_COST * per_thread)
+        if best is None or cost < best[0]:
+            best = (cost, span, chunks_a, chunks_b, threads // threads_f)
+    return best[1:]
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # real storage: no is_fake() on the hot path
+
+
+def _aligned_rows(*tables: torch.Tensor) -> bool:
+    """Every row of these [R, L] tensors starts 16-byte aligned, with unit column stride.
+
+    Judged from data_ptr() (a storage base need not be aligned: from_blob, DLPack with a byte
+    offset); fake tensors (make_fx, torch.compile) have no data, so there the storage offset
+    decides, as Inductor assumes for its own kernels (it copies inputs found misaligned at run
+    time)."""
+    for t in tables:
+        size = t.element_size()
+        if t.stride(1) != 1 or (t.shape[0] > 1 and (t.stride(0) * size) % 16):
+            return False
+        if type(t) in _PLAIN_TENSORS or not is_fake(t):
+            start = t.data_ptr()
+        else:
+            start = t.storage_offset() * size
+        if start % 16:
+            return False
+    return True
+
+
+def _wide_offsets(out_numel: int, *tensors: torch.Tensor) -> bool:
+    """Whether an element offset into the output or an input can reach 2^31 (then the kernels
+    compute offsets in int64; int32 otherwise)."""
+    limit = 2**31 - 1
+    if out_numel > limit:
+        return True
+    for t in tensors:
+        if t.numel() and sum((n - 1) * s for n, s in zip(t.shape, t.stride())) > limit:
+            return True
+    return False
+
+
+def _row_split(tokens):
+    """(tokens_magic, tokens_shift, FAST_DIV) of the kernels' row split by T; a symbolic T
+    (tracing with dynamic shapes) is divided in the kernel instead."""
+    if isinstance(tokens, int):
+        return (*divisor_magic(tokens), True)
+    return 0, 0, False
+
+
+def divisor_magic(divisor: int):
+    """(magic, shift) with n // divisor == umulhi(2 n, magic) >> shift for 0 <= n < 2^31 and
+    1 <= divisor < 2^31 (magic's 32 bits as a signed int, so that Triton passes it as i32).
+
+    magic = ceil(2^(31 + s) / d) with s = ceil(log2 d): then 2^31 <= magic < 2^32 and the
+    rounding error n (magic d - 2^(31+s)) / (d 2^(31+s)) < n / 2^(31+s) <= 2^-s <= 1/d never
+    carries n / d past its next integer."""
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or not 1 <= divisor < 2**31:
+        raise ValueError(f"divisor must be an int in [1, 2^31), got {divisor!r}")
+    shift = (divisor - 1).bit_length()
+    magic = -(-(1 << (31 + shift)) // divisor)
+    return magic - 2**32 if magic >= 2**31 else magic, shift
 
 
 def _check_tensor(name, t, dims, floating_only=False):
@@ -404,25 +641,36 @@ def sparse_embed_fwd(
     rows = batch * tokens
     if rows == 0:
         return out
-    span, chunks, block_t = tile_config(channels, out.element_size())
+    span, chunks, chunks_b, block_t = tile_config(int(channels), out.element_size())
+    magic, shift, fast_div = _row_split(tokens)
     grid = (triton.cdiv(rows, block_t * REPS),)
     launch(
         _sparse_embed_fwd_kernel, grid,
         out, point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
         boxes, *boxes.stride(), gaussian, *gaussian.stride(), point_table, point_table.stride(0),
-        not_a_point, rows, tokens, num_points, int(pad), *image_constants(image_h, image_w),
-        C=channels, SPAN=span, CHUNKS=chunks, BLOCK_T=block_t, REPS=REPS,
-        ROWS_ALIGNED=_row_aligned(point_table, True) and _row_aligned(not_a_point, False),
+        not_a_point, rows, tokens, magic, shift, num_points, int(pad),
+        *image_constants(image_h, image_w),
+        C=channels, SPAN=span, CHUNKS=chunks, CHUNKS_B=chunks_b, BLOCK_T=block_t, REPS=REPS,
+        ALIGNED=_aligned_rows(point_table, not_a_point, gaussian),
+        FAST_DIV=fast_div,
+        WIDE=_wide_offsets(out.numel(), point_coords, point_labels, boxes),
         OUT_DTYPE=_OUT_DTYPES[out_dtype], INTERPRET=interpreting(_sparse_embed_fwd_kernel),
         num_warps=NUM_WARPS,
     )
     return out
 
 
-BWD_BLOCK_T = 8
-BWD_BLOCKS_PER_PROGRAM = 8  # up to 64 tokens: one program, no second (summing) launch
+BWD_BLOCKS_PER_PROGRAM = 8  # several token blocks per program amortise its slopes and sums
 BWD_MAX_PROGRAMS = 256  # fixes the partition of token blocks over programs, hence the sum order
+BWD_FREQS_PER_THREAD = 12  # 5 class sums of <= 24 values per thread: 240-247 registers
 SUM_BLOCK = 256
+
+
+def bwd_tile_config(embed_dim: int, num_warps: int = NUM_WARPS):
+    """(SPAN, CHUNKS, CHUNKS_B, BLOCK_T) of the backward kernel: the forward's tiling for fp32
+    (16-byte grad loads) with at most BWD_FREQS_PER_THREAD frequencies per thread (the class sums
+    hold five values per output a thread owns)."""
+    return tile_config(embed_dim, 4, num_warps, max_freqs=BWD_FREQS_PER_THREAD)
 
 
 def sparse_embed_bwd(
@@ -449,7 +697,7 @@ def sparse_embed_bwd(
     _check_tensor("grad_out", grad_out, (batch, tokens, channels), floating_only=True)
     if grad_out.device != gaussian.device:
         raise ValueError(f"grad_out must be on {gaussian.device}, got {grad_out.device}")
-    if grad_out.stride(2) != 1:
+    if not grad_out.is_contiguous():  # rows of C values at a multiple of C: 16-byte loads
         grad_out = grad_out.contiguous()
     device = gaussian.device
     grad_coords = torch.empty(batch, num_points, 2, device=device, dtype=torch.float32)
@@ -460,7 +708,9 @@ def sparse_embed_bwd(
                 torch.zeros(1, channels, device=device))
     grad_table = torch.empty(4, channels, device=device, dtype=torch.float32)
     grad_nap = torch.empty(1, channels, device=device, dtype=torch.float32)
-    num_blocks = triton.cdiv(rows, BWD_BLOCK_T)
+    span, chunks, chunks_b, block_t = bwd_tile_config(int(channels))
+    magic, shift, fast_div = _row_split(tokens)
+    num_blocks = triton.cdiv(rows, block_t)
     num_programs = min(triton.cdiv(num_blocks, BWD_BLOCKS_PER_PROGRAM), BWD_MAX_PROGRAMS)
     if num_programs == 1:
         table_part, nap_part = grad_table, grad_nap
@@ -469,12 +719,14 @@ def sparse_embed_bwd(
         nap_part = torch.empty(num_programs, 1, channels, device=device, dtype=torch.float32)
     launch(
         _sparse_embed_bwd_kernel, (num_programs,),
-        grad_out, grad_out.stride(0), grad_out.stride(1),
-        point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
+        grad_out, point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
         boxes, *boxes.stride(), gaussian, *gaussian.stride(), grad_coords, grad_boxes,
-        table_part, nap_part, rows, tokens, num_points, num_boxes, int(pad), num_blocks,
-        *image_constants(image_h, image_w),
-        C=channels, BLOCK_F=triton.next_power_of_2(freqs), BLOCK_T=BWD_BLOCK_T, num_warps=NUM_WARPS,
+        table_part, nap_part, rows, tokens, magic, shift, num_points, num_boxes,
+        int(pad), num_blocks, *image_constants(image_h, image_w),
+        C=channels, SPAN=span, CHUNKS=chunks, CHUNKS_B=chunks_b, BLOCK_T=block_t,
+        FAST_DIV=fast_div,
+        WIDE=_wide_offsets(grad_out.numel(), point_coords, point_labels, boxes),
+        num_warps=NUM_WARPS,
     )
     if num_programs > 1:
         launch(_sum_partials_kernel, (triton.cdiv(5 * channels, SUM_BLOCK),), table_part, nap_part,

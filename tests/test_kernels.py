@@ -67,7 +67,8 @@ def assert_low_precision(out, exact):
     distance = ulp_distance(out, exact.to(out.dtype))
     big = exact.abs() >= LOW[out.dtype]
     assert distance[big].max() <= 1, distance[big].max()
-    assert (out.double() - exact)[~big].abs().max() <= FP32_ATOL
+    if not big.all():
+        assert (out.double() - exact)[~big].abs().max() <= FP32_ATOL
 
 
 def make_prompts(batch, num_points, num_boxes, image=(1024, 1024), seed=0, margin=64.0):
@@ -204,6 +205,25 @@ def test_fwd_bf16_rounding_is_to_nearest_even():
     assert torch.equal(sparse.sparse_embed_fwd(*args, torch.float16), fp32.half())
 
 
+@pytest.mark.parametrize("channels", [96, 192, 320, 384])
+def test_fwd_widths_and_module_dtypes(channels):
+    """Widths whose chunks split in two (96, 192, 384: 3 chunks = 2 + 1) or overshoot F (320):
+    fp32 and 16-bit outputs of fp32 parameters, and a module cast to bf16 (bf16 rows read as
+    words) or fp16."""
+    gaussian, table, nap = make_params(channels, seed=channels)
+    coords, labels, boxes = make_prompts(2, 5, 2, seed=channels)
+    args = (coords, labels, boxes, True)
+    exact = oracle(*args, gaussian, table, nap, 1024, 1024)
+    out = sparse.sparse_embed_fwd(*args, gaussian, table, nap, 1024, 1024, torch.float32)
+    assert (out.double() - exact).abs().max() <= FP32_ATOL
+    for dtype in (torch.bfloat16, torch.float16):
+        assert_low_precision(sparse.sparse_embed_fwd(*args, gaussian, table, nap, 1024, 1024,
+                                                     dtype), exact)
+        params = [t.to(dtype) for t in (gaussian, table, nap)]
+        low = sparse.sparse_embed_fwd(*args, *params, 1024, 1024, dtype)
+        assert_low_precision(low, oracle(*args, *params, 1024, 1024))
+
+
 # ----------------------------------------------------------------------------- backward
 def _grads_fp64(grad_out, coords, labels, boxes, pad, gaussian, table, nap, image_h, image_w):
     leaves = [t.double().requires_grad_() for t in (coords, boxes, table, nap)]
@@ -271,6 +291,18 @@ def test_bwd_is_deterministic_across_programs(monkeypatch):
     _assert_rel(first[3], pads[None], 1e-5)
 
 
+@pytest.mark.parametrize("channels,grad_dtype", [(320, torch.float32), (256, torch.bfloat16)])
+def test_bwd_widths_and_grad_dtypes(channels, grad_dtype):
+    """A width whose tiles overshoot F (320) and a bf16 grad_out (a bf16 module's backward)."""
+    gaussian, table, nap = make_params(channels)
+    coords, labels, boxes = make_prompts(2, 4, 1)
+    grad_out = torch.randn(2, 4 + 1 + 2, channels).to(grad_dtype)
+    grads = sparse.sparse_embed_bwd(grad_out, coords, labels, boxes, True, gaussian, 1024, 1024)
+    want = _grads_fp64(grad_out, coords, labels, boxes, True, gaussian, table, nap, 1024, 1024)
+    for got, expected in zip(grads, want):
+        _assert_rel(got, torch.nan_to_num(expected, nan=0.0))
+
+
 # ----------------------------------------------------------------------------- dense
 @pytest.mark.parametrize("h,w", [(12, 20), (7, 5)])
 def test_dense_matches_fp64(h, w):
@@ -294,6 +326,143 @@ def test_dense_empty_and_small_embed():
     out = dense.dense_pe(gaussian, 3, 3, torch.float16)
     exact = reference.dense_pe(gaussian.double(), 3, 3, torch.float64)
     assert_low_precision(out, exact)
+
+
+# ----------------------------------------------------------------------------- launch choices
+def _spy_launches(monkeypatch):
+    """The keyword arguments (constexprs) of every launch from now on; the kernels still run."""
+    calls = []
+    launch = sparse.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        calls.append(kwargs)
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(sparse, "launch", spy)
+    return calls
+
+
+def _on_unaligned_base(t: torch.Tensor, misalign: int) -> torch.Tensor:
+    """A copy of t whose storage itself starts ``misalign`` bytes past a 16-byte boundary (as
+    from_blob or DLPack with a byte offset give): storage_offset() is 0, data_ptr() is not
+    16-byte aligned."""
+    buffer = bytearray(t.numel() * t.element_size() + 32)
+    base = torch.frombuffer(buffer, dtype=torch.uint8).data_ptr()
+    offset = (misalign - base) % 16
+    out = torch.frombuffer(buffer, dtype=t.dtype, count=t.numel(), offset=offset).view(t.shape)
+    out.copy_(t)
+    assert out.storage_offset() == 0 and out.data_ptr() % 16 == misalign
+    return out
+
+
+@pytest.mark.parametrize("dtype,misalign", [(torch.float32, 4), (torch.bfloat16, 2),
+                                            (torch.bfloat16, 8)])
+def test_unaligned_storage_base_takes_the_unaligned_variant(monkeypatch, dtype, misalign):
+    """Rows are assumed 16-byte aligned (vector loads; bf16 rows read as 32-bit words) only when
+    data_ptr() says so, not just the storage offset; the unaligned variant gives the same
+    result."""
+    calls = _spy_launches(monkeypatch)
+    gaussian, table, nap = (t.to(dtype) for t in make_params(64))
+    coords, labels, boxes = make_prompts(2, 5, 1)
+    args = (coords, labels, boxes, True)
+    aligned = sparse.sparse_embed_fwd(*args, gaussian, table, nap, 1024, 1024, dtype)
+    assert calls[-1]["ALIGNED"]
+    for name in ("table", "nap", "gaussian"):
+        moved = dict(table=table, nap=nap, gaussian=gaussian)
+        moved[name] = _on_unaligned_base(moved[name], misalign)
+        out = sparse.sparse_embed_fwd(*args, moved["gaussian"], moved["table"], moved["nap"],
+                                      1024, 1024, dtype)
+        assert not calls[-1]["ALIGNED"], name
+        assert torch.equal(out, aligned), name
+    exact = oracle(*args, gaussian, table, nap, 1024, 1024)
+    if dtype == torch.float32:
+        assert (aligned.double() - exact).abs().max() <= FP32_ATOL
+    else:
+        assert_low_precision(aligned, exact)
+
+
+def test_aligned_rows_rules():
+    """Strides and offsets decide too; fake tensors (no data) fall back to the storage offset."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    table = torch.zeros(4, 64)
+    assert sparse._aligned_rows(table)
+    assert not sparse._aligned_rows(torch.zeros(4 * 64 + 1)[1:].view(4, 64))  # 4-byte offset
+    assert not sparse._aligned_rows(torch.zeros(4, 65)[:, :63])  # 252-byte rows
+    assert not sparse._aligned_rows(torch.zeros(64, 4).t())  # column stride 4
+    with FakeTensorMode():
+        fake = torch.zeros(4 * 64 + 4)
+        assert sparse._aligned_rows(fake[:256].view(4, 64))
+        assert sparse._aligned_rows(fake[4:].view(4, 64))  # 16-byte storage offset
+        assert not sparse._aligned_rows(fake[1:257].view(4, 64))
+
+
+def test_divisor_magic():
+    """n // d == umulhi(2 n, magic) >> shift for every n < 2^31: exhaustive over small n and
+    d, and at the edges (multiples of d and their neighbours, the largest n) for large d."""
+    def divide(n, d):
+        magic, shift = sparse.divisor_magic(d)
+        return (((2 * n) * (magic % 2**32)) >> 32) >> shift
+
+    for d in range(1, 300):
+        assert all(divide(n, d) == n // d for n in range(0, 3000)), d
+    gen = torch.Generator().manual_seed(0)
+    divisors = [2**k + j for k in range(1, 31) for j in (-1, 0, 1)] + [3, 5, 7, 1000003]
+    divisors += torch.randint(1, 2**31 - 1, (200,), generator=gen).tolist()
+    for d in divisors:
+        if not 1 <= d < 2**31:
+            continue
+        top = 2**31 - 1
+        ns = [top, top - 1, 0, 1, d - 1, d, d + 1]
+        ns += [q * d + r for q in (top // d, top // d - 1, 1, 7) for r in (-1, 0, 1, d - 1)]
+        ns += torch.randint(0, top, (50,), generator=gen).tolist()
+        for n in ns:
+            if 0 <= n <= top:
+                assert divide(n, d) == n // d, (n, d)
+    with pytest.raises(ValueError, match="divisor"):
+        sparse.divisor_magic(0)
+
+
+def test_wide_offsets_and_plain_division(monkeypatch):
+    """int64 offsets are chosen when an offset can reach 2^31 (judged from shapes and strides,
+    here on meta tensors), and compute the same results as int32 ones; so does the plain
+    division of rows by T (what a symbolic T gets) against the magic multiply."""
+    assert not sparse._wide_offsets(2**31 - 1, torch.zeros(2, 3, 2))
+    assert sparse._wide_offsets(2**31, torch.zeros(2, 3, 2))
+    huge = torch.empty_strided((2, 3, 2), (2**31, 2, 1), device="meta")
+    assert sparse._wide_offsets(10, torch.zeros(2, 3), huge)
+    assert not sparse._wide_offsets(10, torch.empty(0, 2**31, 2, device="meta"))  # empty
+    gaussian, table, nap = make_params(64)
+    coords, labels, boxes = make_prompts(3, 5, 2)
+    args = (coords, labels, boxes, True, gaussian, table, nap, 1024, 1024)
+    narrow = sparse.sparse_embed_fwd(*args, torch.float32)
+    grad_out = torch.randn_like(narrow)
+    narrow_grads = sparse.sparse_embed_bwd(grad_out, *args[:5], 1024, 1024)
+    calls = _spy_launches(monkeypatch)
+    monkeypatch.setattr(sparse, "_wide_offsets", lambda *tensors: True)
+    monkeypatch.setattr(sparse, "_row_split", lambda tokens: (0, 0, False))
+    assert torch.equal(sparse.sparse_embed_fwd(*args, torch.float32), narrow)
+    wide_grads = sparse.sparse_embed_bwd(grad_out, *args[:5], 1024, 1024)
+    assert all(torch.equal(a, b) for a, b in zip(wide_grads, narrow_grads))
+    assert len(calls) >= 2
+    assert all(call["WIDE"] and not call["FAST_DIV"] for call in calls if "WIDE" in call)
+
+
+@pytest.mark.parametrize("out_bytes", [4, 2])
+def test_tile_config_covers_every_frequency(out_bytes):
+    """Every width: the tiles cover F with 16-byte vectors (when F allows), at most 24
+    frequencies per thread (12 in the backward), one token per thread and block."""
+    for channels in list(range(2, 130, 2)) + [192, 200, 256, 320, 384, 512, 1024]:
+        freqs = channels // 2
+        for config, most in ((sparse.tile_config(channels, out_bytes), 24),
+                             (sparse.bwd_tile_config(channels), 12)):
+            span, chunks, chunks_b, block_t = config
+            vec = min(16 // (out_bytes if most == 24 else 4), triton.next_power_of_2(freqs))
+            threads_f = span // vec
+            assert span % vec == 0 and threads_f * block_t == 32 * sparse.NUM_WARPS, channels
+            assert (chunks + chunks_b) * span >= freqs, channels
+            assert chunks & (chunks - 1) == 0 and chunks_b & (chunks_b - 1) == 0, channels
+            assert (chunks + chunks_b) * vec <= most or threads_f == 32, channels
 
 
 # ----------------------------------------------------------------------------- argument checks
