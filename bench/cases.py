@@ -7,6 +7,7 @@ backend gets the weights of one seeded Meta encoder (ours through ``load_state_d
 that no row times a different computation.
 """
 
+import functools
 import itertools
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -17,6 +18,14 @@ from sam2_prompt import PromptEncoder
 
 EMB_SIZE, IMAGE, MASK_CHANS = (64, 64), (1024, 1024), 16  # SAM-2's image-embedding grid, image, mask channels
 BACKENDS = ("upstream", "upstream-compiled", "torch", "torch-compiled", "triton")
+# Other SAM-2 pipelines' encoders as baselines: "<ecosystem>" is its own module (eager fp32),
+# "<ecosystem>-torch" / "-triton" our drop-in for it on that path. Their rows take the case's
+# inputs converted to the ecosystem's convention (backend_inputs, outside the timed call), are
+# checked against the ecosystem's own module (oracle(case, device, backend)) and compared with it
+# (baseline).
+ECOSYSTEMS = ("transformers", "ultralytics")
+ECOSYSTEM_BACKENDS = tuple(f"{family}{path}" for family in ECOSYSTEMS
+                           for path in ("", "-torch", "-triton"))
 # As SAM2VideoPredictorVOS compiles the prompt encoder (sam2/sam2_video_predictor.py).
 COMPILE_OPTIONS = {"mode": "max-autotune", "fullgraph": True, "dynamic": False}
 # Output agreement with the oracle, per output dtype: the sparse output elementwise,
@@ -129,16 +138,52 @@ def upstream_class():
     return MetaPromptEncoder
 
 
+def ecosystem(backend: str) -> Optional[str]:
+    """"transformers" or "ultralytics" for that ecosystem's rows, else None (Meta's and ours)."""
+    family = backend.split("-")[0]
+    return family if family in ECOSYSTEMS else None
+
+
+def baseline(backend: str) -> str:
+    """The row a backend's speedup is measured against: its ecosystem's module, else Meta's."""
+    return ecosystem(backend) or "upstream"
+
+
+@functools.lru_cache(maxsize=None)
+def _ecosystem_module(family: str):
+    """(their encoder class, None) or (None, why it cannot be imported)."""
+    try:
+        if family == "transformers":
+            from transformers.models.sam2.modeling_sam2 import Sam2PromptEncoder as theirs
+        else:
+            from ultralytics.models.sam.modules.encoders import PromptEncoder as theirs
+    except Exception as err:  # noqa: BLE001 - any failure to import means no rows, with its reason
+        hint = {"transformers": "pip install 'transformers>=5'",
+                "ultralytics": "pip install 'ultralytics>=8.4' (it reads torchvision's version "
+                               "at import)"}[family]
+        return None, f"{family} cannot be imported ({type(err).__name__}: {err}; {hint})"
+    return theirs, None
+
+
 def unavailable(case: Case, backend: str, device) -> Optional[str]:
     """Why the backend cannot run this case here, or None if it can."""
-    if backend not in BACKENDS:
-        return f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}"
+    if backend not in BACKENDS + ECOSYSTEM_BACKENDS:
+        return f"unknown backend {backend!r}; choose from {', '.join(BACKENDS + ECOSYSTEM_BACKENDS)}"
+    family = ecosystem(backend)
+    if family is not None:
+        reason = _ecosystem_module(family)[1]
+        if reason is not None:
+            return reason
+        if case.boxes > 1:
+            return f"{family}' encoder takes one box per prompt; K > 1 is ours only"
+        if family == "transformers" and case.tokens == 0:
+            return "transformers' encoder gives no sparse output (None) without points or boxes"
     if backend.startswith("upstream"):
         if upstream_class() is None:
             return "Meta's sam2 is not installed (pip install sam2==1.1.0)"
         if case.boxes > 1:
             return "Meta's encoder takes one box per prompt (boxes [B, 4]); K > 1 is ours only"
-    if backend == "triton":
+    if backend == "triton" or backend.endswith("-triton"):
         if torch.device(device).type != "cuda":
             return "the Triton kernels run on CUDA devices (this run is on the CPU)"
         from sam2_prompt import ops
@@ -175,6 +220,9 @@ def build(case: Case, backend: str, device, compile_options: Optional[dict] = No
     if unavailable(case, backend, device) is not None:
         return None
     upstream, state = seeded_state(case)
+    family = ecosystem(backend)
+    if family is not None:
+        return _build_ecosystem(case, family, backend, state, device)
     if backend.startswith("upstream"):
         module = upstream.to(device).eval()
     else:
@@ -188,10 +236,65 @@ def build(case: Case, backend: str, device, compile_options: Optional[dict] = No
     return forward
 
 
+def _build_ecosystem(case: Case, family: str, backend: str, state, device) -> Callable:
+    """Their module in fp32 (as Meta's row), or our drop-in for it in the case's dtype, with the
+    seeded weights (transformers' keys through sam2_prompt.hf's table)."""
+    path = backend[len(family) + 1:] or None  # "torch", "triton", or None: theirs
+    theirs = _ecosystem_module(family)[0]
+    if family == "transformers":
+        from transformers.models.sam2.configuration_sam2 import Sam2PromptEncoderConfig
+
+        from sam2_prompt import hf
+
+        config = Sam2PromptEncoderConfig(hidden_size=case.embed_dim, image_size=IMAGE[0],
+                                         patch_size=IMAGE[0] // EMB_SIZE[0],
+                                         mask_input_channels=MASK_CHANS)
+        module = theirs(config) if path is None else hf.Sam2PromptEncoder(config, backend=path)
+        state = hf.state_dict_from_meta(state)
+    else:
+        from sam2_prompt.ultralytics import UltralyticsPromptEncoder
+
+        if path is None:
+            module = theirs(case.embed_dim, EMB_SIZE, IMAGE, MASK_CHANS)
+        else:
+            module = UltralyticsPromptEncoder(case.embed_dim, EMB_SIZE, IMAGE, MASK_CHANS, backend=path)
+    module.load_state_dict(state)
+    dtype = torch.float32 if path is None else case.torch_dtype
+    return module.to(device=device, dtype=dtype).eval().forward
+
+
+def backend_inputs(case: Case, backend: str, device, seed: int = 0) -> tuple:
+    """The case's inputs (Case.inputs) in the backend's convention, converted here, before any
+    timing. transformers: (input_points [B, 1, N, 2], input_labels [B, 1, N] int64 as its
+    processor makes them, input_boxes [B, 1, 4], input_masks [B, 1, 4H, 4W]): B images of one
+    prompt each; the others take Meta's (points, boxes, masks)."""
+    points, boxes, masks = case.inputs(device, seed)
+    if ecosystem(backend) != "transformers":
+        return points, boxes, masks
+    coords, labels = points if points is not None else (None, None)
+    return (None if coords is None else coords[:, None],
+            None if labels is None else labels[:, None].long(),
+            None if boxes is None else boxes.reshape(case.batch, 1, 4), masks)
+
+
+def tokens(case: Case, backend: str) -> int:
+    """Sparse tokens per prompt in the backend's output: transformers' boxes add a not_a_point
+    token each (its output is [B, 1, T, C])."""
+    if ecosystem(backend) == "transformers" and case.boxes:
+        return case.points + 3 * case.boxes
+    return case.tokens
+
+
 # ----------------------------------------------------------------------------- agreement
-def oracle(case: Case, device) -> Tuple[str, Tuple[torch.Tensor, torch.Tensor]]:
-    """(name, (sparse, dense)) that every backend must reproduce: Meta's eager fp32 module when
-    it can run the case, else our PyTorch path in fp64 (the reference, computed in fp64)."""
+def oracle(case: Case, device, backend: str = "upstream") -> Tuple[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """(name, (sparse, dense)) that the backend must reproduce. Meta's and our rows: Meta's eager
+    fp32 module when it can run the case, else our PyTorch path in fp64 (the reference, computed
+    in fp64). An ecosystem's rows: that ecosystem's own module, eager fp32, on its inputs."""
+    family = ecosystem(backend)
+    if family is not None:
+        with torch.no_grad():
+            outputs = build(case, family, device)(*backend_inputs(case, family, device))
+        return f"{family} eager fp32", keep(outputs)
     args = case.inputs(device)
     with torch.no_grad():
         if unavailable(case, "upstream", device) is None:

@@ -19,7 +19,8 @@ _EXPORTS = {
 }
 
 # submodules an eager `import sam2_prompt` used to bind as attributes (sam2_prompt.ops, ...)
-_SUBMODULES = {"cache", "integration", "ops", "position_encoding", "prompt_encoder", "reference"}
+_SUBMODULES = {"cache", "hf", "integration", "masks", "ops", "position_encoding",
+               "prompt_encoder", "reference", "ultralytics"}
 
 __all__ = [*_EXPORTS, "__version__"]
 

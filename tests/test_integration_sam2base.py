@@ -4,16 +4,14 @@ refused."""
 
 import copy
 import sys
-import types
 import warnings
-from typing import List
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import torchvision_standin
 from sam2_prompt import (PromptEncoder, replace_prompt_encoder, restore_prompt_encoder,
                          swapped_prompt_encoder)
 
@@ -117,6 +115,30 @@ def test_swap_keeps_state_dict_flags_rng_and_returns_the_model(sam2_model):
         restore_prompt_encoder(model)
 
 
+def test_sizes_are_carried_both_ways(sam2_model):
+    """Sizes a pipeline set on the encoder (as ultralytics' set_imgsz does) go with the swap, and
+    sizes set on ours come back with the restore."""
+    holder = nn.Module()
+    holder.sam_prompt_encoder = meta = copy.deepcopy(sam2_model.sam_prompt_encoder)
+    meta.input_image_size, meta.image_embedding_size, meta.mask_input_size = [512, 512], [32, 32], [128, 128]
+    points = (torch.tensor([[[100.0, 200.0], [400.0, 30.0]]]), torch.tensor([[1, 0]]))
+    mask = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = meta(points, None, mask)
+        replace_prompt_encoder(holder, backend="torch")
+        ours = holder.sam_prompt_encoder
+        assert [ours.input_image_size, ours.image_embedding_size, ours.mask_input_size] == [
+            [512, 512], [32, 32], [128, 128]]
+        got = ours(points, None, mask)
+    for mine, theirs in zip(got, want):
+        torch.testing.assert_close(mine, theirs, atol=2e-5, rtol=0)
+    ours.input_image_size, ours.image_embedding_size, ours.mask_input_size = (768, 768), (48, 48), (192, 192)
+    restore_prompt_encoder(holder)
+    assert holder.sam_prompt_encoder is meta
+    assert [meta.input_image_size, meta.image_embedding_size, meta.mask_input_size] == [
+        (768, 768), (48, 48), (192, 192)]
+
+
 def test_swapped_context_leaves_an_already_swapped_model_on_its_backend(sam2_model):
     holder = nn.Module()
     holder.sam_prompt_encoder = copy.deepcopy(sam2_model.sam_prompt_encoder)
@@ -131,59 +153,40 @@ def test_swapped_context_leaves_an_already_swapped_model_on_its_backend(sam2_mod
     assert not isinstance(sam2_model.sam_prompt_encoder, PromptEncoder)  # restored on error too
 
 
-# --- Meta's SAM2ImagePredictor. Its module imports torchvision, which has no build for this CPU
-# torch: where it is missing, a small stand-in (the three transforms it uses) is put in its place
-# while the predictor module is imported. Both runs of a comparison go through the same stand-in.
-
-class _Resize(nn.Module):
-    def __init__(self, size):
-        super().__init__()
-        self.size: List[int] = list(size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False,
-                             antialias=True).squeeze(0)
-
-
-class _Normalize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.mean: List[float] = list(mean)
-        self.std: List[float] = list(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
-        return (x - mean) / std
-
-
-class _ToTensor:
-    def __call__(self, image: np.ndarray) -> torch.Tensor:  # HWC uint8 -> CHW float in [0, 1]
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
-
+# --- Meta's SAM2ImagePredictor. Its module imports torchvision.transforms; where torchvision cannot
+# load (not installed, or installed but broken: "operator torchvision::nms does not exist"), the
+# predictor module is imported through tests/torchvision_standin.py. Both runs of a comparison go
+# through the same transforms.
 
 @pytest.fixture(scope="module")
 def image_predictor_cls(upstream):
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if torchvision_standin.torchvision_loads():
         from sam2.sam2_image_predictor import SAM2ImagePredictor
         return SAM2ImagePredictor
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.Resize, transforms.Normalize, transforms.ToTensor = _Resize, _Normalize, _ToTensor
-    stand_in = types.ModuleType("torchvision")
-    stand_in.transforms = transforms
-    names = ("torchvision", "torchvision.transforms", "sam2.utils.transforms",
-             "sam2.sam2_image_predictor")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "torchvision", stand_in)
-        patch.setitem(sys.modules, "torchvision.transforms", transforms)
+    with torchvision_standin.installed():
         from sam2.sam2_image_predictor import SAM2ImagePredictor
-        for name in names:  # nothing else in the session sees the stand-in
-            patch.delitem(sys.modules, name, raising=False)
     return SAM2ImagePredictor
+
+
+class _BrokenTorchvision:
+    """A torchvision that is installed but fails to load, as a CUDA build does on this CPU torch."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return None
+
+
+def test_a_broken_torchvision_counts_as_missing(upstream, monkeypatch):
+    for name in ("torchvision", "sam2.sam2_image_predictor", "sam2.utils.transforms"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # put back afterwards
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTorchvision(), *sys.meta_path])
+    assert not torchvision_standin.torchvision_loads()
+    assert "torchvision" not in sys.modules
+    with torchvision_standin.installed():  # what the fixture then does
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+    assert SAM2ImagePredictor.__module__ not in sys.modules  # nothing else sees the stand-in
+    assert "torchvision" not in sys.modules
 
 
 @pytest.fixture(scope="module")
