@@ -57,13 +57,14 @@ class Case:
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
-    def output_bytes(self, dtype: Optional[torch.dtype] = None) -> int:
+    def output_bytes(self, dtype: Optional[torch.dtype] = None, tokens: Optional[int] = None) -> int:
         """Bytes of the outputs the forward materialises in ``dtype`` (default: the case's):
-        sparse [B, T, C], and the dense [B, C, H, W] when a mask is given (without one it is an
-        expanded view of a parameter: no bytes)."""
+        sparse [B, T, C] (T: ``tokens``, default the case's), and the dense [B, C, H, W] when a
+        mask is given (without one it is an expanded view of a parameter: no bytes)."""
         itemsize = torch.empty((), dtype=dtype or self.torch_dtype).element_size()
         dense = self.batch * self.embed_dim * EMB_SIZE[0] * EMB_SIZE[1] if self.masks else 0
-        return (self.batch * self.tokens * self.embed_dim + dense) * itemsize
+        tokens = self.tokens if tokens is None else tokens
+        return (self.batch * tokens * self.embed_dim + dense) * itemsize
 
     def inputs(self, device, seed: int = 0):
         """(points, boxes, masks) as SAM-2 passes them: coords [B, N, 2] in pixels, int32 labels

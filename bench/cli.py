@@ -19,6 +19,9 @@ import sys
 # each command imports what it needs when it runs. The names below mirror sam2_prompt.bench.cases
 # (which imports torch); tests/test_bench_cli.py checks that they agree.
 BACKENDS = ("upstream", "upstream-compiled", "torch", "torch-compiled", "triton")
+# Other pipelines' encoders (theirs) and our drop-ins for them, when those packages are installed.
+ECOSYSTEM_BACKENDS = ("transformers", "transformers-torch", "transformers-triton",
+                      "ultralytics", "ultralytics-torch", "ultralytics-triton")
 DEFAULT_BACKENDS = ("upstream", "torch", "triton")
 FOUNDATION_BACKENDS = ("upstream", "torch")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -148,8 +151,11 @@ def _add_run(sub) -> None:
     what = run.add_argument_group("what to run")
     what.add_argument("--device", type=_device, metavar="cpu|cuda[:N]",
                       help="cpu, cuda or cuda:N [cuda if torch sees a GPU, else cpu]")
-    what.add_argument("--backends", type=_choice_list(BACKENDS), metavar="NAME,...",
-                      help=f"from {_csv(BACKENDS)} [{_csv(DEFAULT_BACKENDS)}; with --foundation "
+    what.add_argument("--backends", type=_choice_list(BACKENDS + ECOSYSTEM_BACKENDS),
+                      metavar="NAME,...",
+                      help=f"from {_csv(BACKENDS)}; and where transformers / ultralytics are "
+                           f"installed, their encoders and our drop-ins for them, each compared "
+                           f"with its own: {_csv(ECOSYSTEM_BACKENDS)} [{_csv(DEFAULT_BACKENDS)}; with --foundation "
                            f"{_csv(FOUNDATION_BACKENDS)}]. A backend named here that cannot run on "
                            "the device is an error (exit 2); a default one is noted and left out")
     what.add_argument("--cases", metavar="TEXT,...",

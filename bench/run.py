@@ -28,8 +28,10 @@ LEGEND = {
     "%peak": "GB/s as a share of the device's peak DRAM bandwidth",
     "alloc/out": "bytes one call allocates / bytes of its output",
     "1st call": "the first call, compilation included (never in the timings)",
-    "speedup": "upstream eager's median / this row's median, same case (higher is faster)",
-    "max|diff|": "largest |difference| from the oracle (Meta's eager fp32 module, else fp64 reference)",
+    "speedup": "baseline's median / this row's median, same case (higher is faster); the baseline "
+               "is upstream eager, or for transformers-* / ultralytics-* rows that package's encoder",
+    "max|diff|": "largest |difference| from the oracle (Meta's eager fp32 module, else the fp64 "
+                 "reference; for transformers-* / ultralytics-* rows that package's encoder)",
 }
 
 
@@ -37,8 +39,9 @@ LEGEND = {
 def run_cases(case_list, backends, device, *, min_run_time=0.2, min_samples=5, threads=None,
               compile_options=None, progress=True) -> List[dict]:
     """One row per (case, backend) that can run here. Each backend's outputs are checked against
-    the case's oracle (see cases.oracle) before it is timed; speedups are against the upstream
-    (eager) row of the same case."""
+    its oracle (cases.oracle: Meta's module, or another pipeline's own encoder for that pipeline's
+    rows) before it is timed; speedups are against the eager baseline row of the same case
+    (cases.baseline: Meta's, or that pipeline's encoder)."""
     work = [(c, b) for c in case_list for b in backends
             if bench_cases.unavailable(c, b, device) is None]
     bar = _progress_bar(len(work)) if progress else None
@@ -46,9 +49,7 @@ def run_cases(case_list, backends, device, *, min_run_time=0.2, min_samples=5, t
     threads = threads or torch.get_num_threads()
     rows = []
     for case in case_list:
-        args = case.inputs(device)
-        oracle_name, expected = bench_cases.oracle(case, device)
-        input_bytes = sum(measure.tensor_bytes(t) for t in _tensors(args))
+        oracles = {}  # baseline backend -> (name, outputs): one oracle per convention
         case_rows = []
         for backend in backends:
             fn = bench_cases.build(case, backend, device, compile_options)
@@ -56,10 +57,17 @@ def run_cases(case_list, backends, device, *, min_run_time=0.2, min_samples=5, t
                 continue
             if bar is not None:
                 bar.set_postfix_str(f"{case.name} {backend}")
+            args = bench_cases.backend_inputs(case, backend, device)
+            baseline = bench_cases.baseline(backend)
+            if baseline not in oracles:
+                oracles[baseline] = bench_cases.oracle(case, device, baseline)
+            oracle_name, expected = oracles[baseline]
             first_s, outputs = measure.first_call(fn, args, device)
             outputs = bench_cases.keep(outputs)
             diff = bench_cases.check_agreement(case, backend, outputs, expected)
-            output_bytes = case.output_bytes(outputs[0].dtype)  # Meta's module writes fp32
+            # the bytes of the outputs in this row's convention and dtype (Meta's module: fp32)
+            output_bytes = case.output_bytes(outputs[0].dtype, bench_cases.tokens(case, backend))
+            input_bytes = sum(measure.tensor_bytes(t) for t in _tensors(args))
             moved = input_bytes + output_bytes  # the least traffic: inputs read, outputs written once
             warm_s = measure.warm_up(fn, args, device)
             timing = measure.time_call(fn, args, device, output_bytes,
@@ -72,7 +80,8 @@ def run_cases(case_list, backends, device, *, min_run_time=0.2, min_samples=5, t
                 "case": case.name, "backend": backend, "device": str(device),
                 "dtype": str(outputs[0].dtype).replace("torch.", ""),
                 "batch": case.batch, "points": case.points, "boxes": case.boxes, "masks": case.masks,
-                "embed_dim": case.embed_dim, "tokens": case.tokens, "output_bytes": output_bytes,
+                "embed_dim": case.embed_dim, "tokens": bench_cases.tokens(case, backend),
+                "output_bytes": output_bytes,
                 "threads": threads if torch.device(device).type == "cpu" else None,
                 **timing,
                 "prompts_per_s": case.batch / median,
@@ -82,14 +91,15 @@ def run_cases(case_list, backends, device, *, min_run_time=0.2, min_samples=5, t
                 **allocated,
                 "alloc_x_output": allocated["bytes_allocated"] / max(output_bytes, 1),
                 "first_call_s": first_s, "warmup_s_per_call": warm_s,
-                "max_abs_diff": diff, "oracle": oracle_name,
+                "max_abs_diff": diff, "oracle": oracle_name, "baseline": baseline,
                 "speedup_vs_upstream": None,
             })
             if bar is not None:
                 bar.update()
-        baseline = next((r["median_s"] for r in case_rows if r["backend"] == "upstream"), None)
+        medians = {r["backend"]: r["median_s"] for r in case_rows}
         for row in case_rows:
-            row["speedup_vs_upstream"] = baseline / row["median_s"] if baseline else None
+            reference_s = medians.get(row["baseline"])
+            row["speedup_vs_upstream"] = reference_s / row["median_s"] if reference_s else None
         rows += case_rows
     if bar is not None:
         bar.close()

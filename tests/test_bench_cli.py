@@ -86,6 +86,7 @@ def test_case_sets_are_the_foundation_targets():
 def test_the_parser_mirrors_the_cases():
     """cli.py imports no torch, so it repeats these names of cases.py: they must agree."""
     assert cli.BACKENDS == bench_cases.BACKENDS
+    assert cli.ECOSYSTEM_BACKENDS == bench_cases.ECOSYSTEM_BACKENDS
     assert set(cli.DEFAULT_BACKENDS) | set(cli.FOUNDATION_BACKENDS) <= set(bench_cases.BACKENDS)
     assert cli.DTYPES == tuple(bench_cases.TOLERANCES)
     assert cli.COMPILE_MODE == bench_cases.COMPILE_OPTIONS["mode"]
