@@ -4,6 +4,7 @@
     sam2-prompt-bench run ...         time the backends (--quick, --foundation, or a sweep)
     sam2-prompt-bench sass ...        compile every Triton kernel variant: static SASS report
     sam2-prompt-bench model ...       a roofline MODEL of bytes and launches per backend
+    sam2-prompt-bench host ...        host time per eager call, the GPU path without a GPU
 
 Exit status: 0 done; 1 a target failed or could not be checked (--check-targets, --foundation);
 2 the command cannot run as asked (bad arguments, a requested backend or an optional package
@@ -14,6 +15,8 @@ import argparse
 import importlib
 import re
 import sys
+
+from ..kernels.gpus import GPUS  # the spec figures of every GPU the reports model (no torch)
 
 # This module imports no torch, triton or sam2: --help and argument errors answer at once, and
 # each command imports what it needs when it runs. The names below mirror sam2_prompt.bench.cases
@@ -28,16 +31,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 SWEEP_DEFAULTS = {"batches": (1, 8, 64, 1024, 16384, 65536), "points": (1, 4, 16), "boxes": (0, 1),
                   "embed_dims": (256,)}
 COMPILE_MODE = "max-autotune"
-# For `model`: spec-sheet peak DRAM bandwidth (bytes/s) of the SXM parts, and how it is described.
-GPUS = {
-    "H100": (3.35e12, "H100 SXM5, HBM3, 3.35 TB/s (spec sheet)"),
-    "A100": (2.0e12, "A100 80GB SXM4, HBM2e, 2.0 TB/s (spec sheet: 2.04)"),
-    "H200": (4.8e12, "H200 SXM, HBM3e, 4.8 TB/s (spec sheet)"),
-}
+# `sass`'s default architectures: sam2_prompt.kernels.aot.DEFAULT_ARCHS (which imports triton)
+SASS_ARCHS = ("sm_80", "sm_90", "sm_100", "sm_120")
 LAUNCH_US = 4.0  # `model`'s stated cost of one kernel launch (eager host overhead per op is larger)
 
 # command -> "module:function" run with the parsed arguments, imported only when chosen
-COMMANDS = {"run": "run:cmd_run", "sass": "sass:cmd_sass", "model": "model:cmd_model"}
+COMMANDS = {"run": "run:cmd_run", "sass": "sass:cmd_sass", "model": "model:cmd_model",
+            "host": "host:cmd_host"}
 
 
 class UsageError(Exception):
@@ -104,6 +104,13 @@ def _archs(text: str):
     return values
 
 
+def _arch(text: str) -> str:
+    (value,) = _archs(text) if "," not in text else (None,)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected one sm_XY name, got {text!r}")
+    return value
+
+
 def _csv(values) -> str:
     return ",".join(str(v) for v in values)
 
@@ -116,6 +123,7 @@ def parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_sass(sub)
     _add_model(sub)
+    _add_host(sub)
     return p
 
 
@@ -188,9 +196,9 @@ def _add_sass(sub) -> None:
         description="Compile every kernel variant the launchers can launch, for each architecture, "
                     "and report registers, spills, instructions and stores from the cubins (no GPU "
                     "needed; needs Triton).")
-    sass.add_argument("--arch", type=_archs, default=("sm_80", "sm_90"), metavar="SM,...",
+    sass.add_argument("--arch", type=_archs, default=SASS_ARCHS, metavar="SM,...",
                       help="CUDA architectures to compile for, e.g. sm_80,sm_86,sm_89,sm_90,sm_100,"
-                           "sm_120 [sm_80,sm_90]")
+                           f"sm_120 [{_csv(SASS_ARCHS)}]")
     sass.add_argument("--json", metavar="FILE", help='write {"machine", "kernels": [rows]} here')
     sass.add_argument("--dump-dir", metavar="DIR", help="keep each variant's .cubin, .ptx and .sass here")
 
@@ -202,9 +210,9 @@ def _add_model(sub) -> None:
                     "backend on CPU tensors, and predict a GPU's time as max(bytes / bandwidth, "
                     "launches x launch cost). A model, labelled as one.")
     model.add_argument("--gpu", choices=sorted(GPUS), default="H100",
-                       help="whose spec-sheet bandwidth to use: "
-                            + "; ".join(f"{k} {v[1].split(', ', 1)[1]}" for k, v in sorted(GPUS.items()))
-                            + " [H100]")
+                       help="whose spec-sheet bandwidth to use (sam2_prompt/kernels/gpus.py): "
+                            + "; ".join(f"{name} {gpu.bytes_per_s / 1e12:g} TB/s"
+                                        for name, gpu in sorted(GPUS.items())) + " [H100]")
     model.add_argument("--bandwidth-tbs", type=_positive_float, metavar="TB/S",
                        help="use this DRAM bandwidth instead of the GPU's")
     model.add_argument("--launch-us", type=_positive_float, default=LAUNCH_US, metavar="US",
@@ -214,9 +222,33 @@ def _add_model(sub) -> None:
     model.add_argument("--points", type=_int_at_least(0), default=4, metavar="N",
                        help="points per prompt [4]")
     model.add_argument("--boxes", type=_int_at_least(0), default=0, metavar="K", help="boxes per prompt [0]")
+    model.add_argument("--masks", action="store_true",
+                       help="each prompt also has a mask ([B, 1, 256, 256]; its dense output is "
+                            "[B, C, 64, 64]): the mask path's launches and bytes")
     model.add_argument("--embed-dim", type=_int_at_least(2), default=256, metavar="C",
                        help="embedding width [256]")
     model.add_argument("--json", metavar="FILE", help="write the model, the case and its rows here")
+
+
+def _add_host(sub) -> None:
+    host = sub.add_parser(
+        "host", help="host time per eager forward: the Triton path as a CUDA call takes it, "
+                     "without a GPU, against the PyTorch path and Meta's module",
+        description="Thread CPU time per eager forward (no_grad, one thread, best of alternating "
+                    "rounds) for a click, 64 x 1 and 1024 x 4 prompts: the Triton path on CPU "
+                    "tensors exactly as a CUDA call takes it, kernels compiled for --arch and a "
+                    "no-op final launch (a fake CUDA driver); our PyTorch path and Meta's eager "
+                    "module, compute included. Needs Triton, not a GPU.")
+    host.add_argument("--arch", type=_arch, default="sm_90", metavar="SM",
+                      help="the architecture the kernels compile for [sm_90]")
+    host.add_argument("--rounds", type=_int_at_least(1), default=15, metavar="N",
+                      help="alternating rounds; each backend's best round counts [15]")
+    host.add_argument("--json", metavar="FILE",
+                      help='write {"machine", "settings", "results": rows of case, backend, '
+                           'host_us, ...} here')
+    host.add_argument("--check-targets", action="store_true",
+                      help="print PASS/FAIL for the click targets (triton <= 0.3x torch and "
+                           "<= 0.12x upstream); exit 1 unless both pass")
 
 
 # ----------------------------------------------------------------------------- main

@@ -25,6 +25,7 @@ import torch.utils.benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sam2_prompt
+from sam2_prompt.kernels import gpus
 
 LAUNCH_BOUND_BYTES = 4 << 20  # CUDA cases with a smaller output are also timed from a CUDA graph
 
@@ -186,15 +187,10 @@ def traffic(fn: Callable, args) -> Dict[str, object]:
             "written_bytes": mode.written_bytes, "ops": mode.ops}
 
 
-# Spec-sheet DRAM bandwidth (bytes/s) by device name, for when the driver reports no memory clock.
-SPEC_BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
-                  ("A100-PCIE-40GB", 1.555e12), ("A100-SXM4-40GB", 1.555e12), ("A100", 2.0e12),
-                  ("L40", 0.864e12), ("A10", 0.6e12), ("4090", 1.008e12))
-
-
 def peak_bandwidth(device) -> float:
     """The device's peak DRAM bandwidth in bytes/s, or 0.0 when unknown (CPUs): 2 x memory clock
-    x bus width from the driver (DDR), else the spec sheet for the device's name."""
+    x bus width from the driver (DDR), else the spec sheet for the device's name (kernels/gpus.py,
+    the figures of every report)."""
     device = torch.device(device)
     if device.type != "cuda":
         return 0.0
@@ -202,10 +198,7 @@ def peak_bandwidth(device) -> float:
     clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
     if clock_khz and bus_bits:
         return 2.0 * clock_khz * 1e3 * bus_bits / 8
-    for key, bandwidth in SPEC_BANDWIDTH:
-        if key in props.name:
-            return bandwidth
-    return 0.0
+    return gpus.bandwidth_for_device_name(props.name)
 
 
 def machine() -> dict:

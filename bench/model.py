@@ -32,8 +32,10 @@ def model_rows(case, bandwidth: float, launch_s: float) -> List[dict]:
         allocated = measure.bytes_allocated(fn, inputs, "cpu")["bytes_allocated"]
         counted.append((backend, traffic["launches"], traffic["read_bytes"], traffic["written_bytes"],
                         allocated, "counted: aten ops of one eager call on CPU"))
-    counted.append(("triton", 1, input_bytes, case.output_bytes(), case.output_bytes(),
-                    "fused kernel: reads the inputs, writes the output once"))
+    launches = int(case.tokens > 0) + int(case.masks)  # the sparse kernel, the mask kernel
+    counted.append(("triton", launches, input_bytes, case.output_bytes(), case.output_bytes(),
+                    "fused kernels: read the inputs, write the outputs once"
+                    + (" (one per output)" if launches > 1 else "")))
     rows = []
     for backend, launches, read, written, allocated, how in counted:
         memory_s, launch_total_s = (read + written) / bandwidth, launches * launch_s
@@ -48,17 +50,23 @@ def model_rows(case, bandwidth: float, launch_s: float) -> List[dict]:
 
 
 def cmd_model(args) -> int:
-    bandwidth, described = GPUS[args.gpu]
+    bandwidth, described = GPUS[args.gpu].bytes_per_s, GPUS[args.gpu].described
     if args.bandwidth_tbs:
         bandwidth, described = args.bandwidth_tbs * 1e12, f"{args.gpu} at {args.bandwidth_tbs} TB/s (given)"
-    if args.points == 0 and args.boxes == 0:
-        raise UsageError("give --points or --boxes (a prompt of neither has no tokens to model)")
-    case = bench_cases.make(args.batch, args.points, args.boxes, embed_dim=args.embed_dim)
+    if args.points == 0 and args.boxes == 0 and not args.masks:
+        raise UsageError("give --points, --boxes or --masks (a prompt of none has nothing to model)")
+    case = bench_cases.make(args.batch, args.points, args.boxes, args.masks, embed_dim=args.embed_dim)
     rows = model_rows(case, bandwidth, args.launch_us * 1e-6)
     print(f"MODEL (not a measurement) of one forward on {described}, {args.launch_us:g} us per launch:\n"
           f"  predicted time = max((bytes read + written) / bandwidth, launches x {args.launch_us:g} us)\n"
-          f"  case B={case.batch}, N={case.points}, K={case.boxes}, C={case.embed_dim}, fp32: output "
-          f"[{case.batch}, {case.tokens}, {case.embed_dim}] = {human_bytes(case.output_bytes())}\n")
+          f"  case B={case.batch}, N={case.points}, K={case.boxes}, masks={case.masks}, "
+          f"C={case.embed_dim}, fp32: outputs {human_bytes(case.output_bytes())} (sparse "
+          f"[{case.batch}, {case.tokens}, {case.embed_dim}]"
+          + (f", dense [{case.batch}, {case.embed_dim}, {bench_cases.EMB_SIZE[0]}, "
+             f"{bench_cases.EMB_SIZE[1]}])\n" if case.masks else ")\n"))
+    if case.masks:
+        print("  The torch row counts the CPU fast path, which works through the mask pixels in "
+              "chunks (one set of ops per chunk); on a GPU it takes all pixels in one chunk.\n")
     head = ["backend", "launches", "read", "written", "traffic/out", "allocated", "alloc/out",
             "predicted", "bound", "prompts/s", "points/s", "how"]
     lines = [head]

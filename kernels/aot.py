@@ -41,7 +41,7 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from . import dense, gpus, sparse
+from . import dense, gpus, mask, sparse
 
 DEFAULT_ARCHS = ("sm_80", "sm_90", "sm_100", "sm_120")
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -63,6 +63,9 @@ class Variant(NamedTuple):
     bytes_per_point: float
     elements_per_point: int
     loads_per_iteration: Optional[int] = None  # global loads per source loop iteration (unrolls)
+    # kernels whose loop is not their main work (the mask kernel's prologue is ~20% of it): the
+    # trips of the loop per program, and elements_counted is then the outputs per program
+    loop_iterations: Optional[int] = None
 
 
 def _tool(name: str) -> str:
@@ -190,6 +193,9 @@ def variants() -> List[Variant]:
     for out_dtype in OUT_DTYPES:
         out.append(_dense(out_dtype, torch.float32))
     out.append(_dense(torch.bfloat16, torch.bfloat16))
+    for out_dtype, weight_dtype in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                    (torch.bfloat16, torch.bfloat16)):
+        out.append(mask.aot_variant(out_dtype, 256, 16, weight_dtype))
     return out
 
 
@@ -291,10 +297,18 @@ def compile_variants(archs: Sequence[str] = DEFAULT_ARCHS, dump_dir: Optional[st
 
 def _row(variant: Variant, arch, num_warps, stem, stats, compiled, model) -> dict:
     elements = variant.elements_counted
-    if stats["backward_branches"]:
+    unrolled = 1  # source iterations per pass of the SASS loop body
+    if stats["backward_branches"] and variant.loads_per_iteration:
+        unrolled = max(1, stats["loop_body_loads"] // variant.loads_per_iteration)
+    if stats["backward_branches"] and variant.loop_iterations:
+        # every instruction as often as it runs: the whole kernel once, the loop body again for
+        # each further pass
+        passes = -(-variant.loop_iterations // unrolled)
+        counted = "executed"
+        instructions = stats["sass_instructions"] + stats["loop_body_instructions"] * (passes - 1)
+    elif stats["backward_branches"]:
         counted, instructions = "loop body", stats["loop_body_instructions"]
-        if variant.loads_per_iteration:  # the compiler unrolled the loop this many times
-            elements *= max(1, stats["loop_body_loads"] // variant.loads_per_iteration)
+        elements *= unrolled
     else:
         counted, instructions = "kernel", stats["sass_instructions"]
     lane = instructions * 32 * num_warps / elements

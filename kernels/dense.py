@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import lean_launch
 from .sincos import cos_poly, reduce_half_turns, round_to, sin_over_r, xor_sign
 from .sparse import (_OUT_DTYPES, NUM_WARPS, _check_image, _check_tensor, centred_slope,
                      image_constants, interpreting, launch)
@@ -63,9 +64,13 @@ def tile_config(embed_dim: int, width: int):
     return block_f, block_w
 
 
-def dense_pe(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype) -> torch.Tensor:
+def dense_pe(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype, *,
+             eager: bool = False) -> torch.Tensor:
     """gaussian: [2, F] -> [2F, h, w] in out_dtype (fp32, bf16, fp16), contiguous: the encoding of
-    the (h, w) grid of pixel centres, computed in fp32 and rounded once."""
+    the (h, w) grid of pixel centres, computed in fp32 and rounded once.
+
+    eager: a plain eager call from the op layer (no tracing): launched through ``lean_launch``
+    rather than ``wrap_triton`` (see ``sparse.sparse_embed_fwd``)."""
     _check_tensor("gaussian", gaussian, (2, None), floating_only=True)
     if gaussian.shape[1] < 1:
         raise ValueError(f"gaussian must be [2, F] with F >= 1, got {list(gaussian.shape)}")
@@ -81,7 +86,7 @@ def dense_pe(gaussian: torch.Tensor, h: int, w: int, out_dtype: torch.dtype) -> 
     _check_image(h, w)
     block_f, block_w = tile_config(channels, w)
     grid = (h, triton.cdiv(channels // 2, block_f), triton.cdiv(w, block_w))
-    launch(
+    (lean_launch.launch if eager else launch)(
         _dense_pe_kernel, grid, gaussian, *gaussian.stride(), out, h, w, *image_constants(h, w),
         C=channels, BLOCK_F=block_f, BLOCK_W=block_w, OUT_DTYPE=_OUT_DTYPES[out_dtype],
         INTERPRET=interpreting(_dense_pe_kernel), num_warps=NUM_WARPS,

@@ -165,9 +165,11 @@ def host_seconds_per_call(fn: Callable[[], object], calls: int = 1000, rounds: i
 
 def compare_launch_paths(calls: int = 1000, rounds: int = 7, capability: int = 90) -> dict:
     """Host time per launch of the sparse forward for one click, under the fake driver:
-    ``kernel[grid](...)`` (JITFunction.run) against ``lean_launch.launch``, and the whole
-    launcher (``sparse_embed_fwd``: checks, allocation, launch) with each. Rounds alternate
-    between the paths, so that a busy machine slows them alike; microseconds, best round."""
+    ``kernel[grid](...)`` (JITFunction.run) against ``lean_launch.launch``, the whole validating
+    launcher (``sparse_embed_fwd``: checks, allocation, launch) with each, and the op layer's
+    eager entry (``eager=True, checked=True``: a quick test of the weights, a planned launch).
+    Rounds alternate between the paths, so that a busy machine slows them alike; microseconds,
+    best round."""
     import torch
 
     from . import aot, lean_launch, sparse
@@ -193,6 +195,8 @@ def compare_launch_paths(calls: int = 1000, rounds: int = 7, capability: int = 9
         "sparse_embed_fwd, kernel[grid]":
             lambda: through(lambda k, g, *a, **kw: k[g](*a, **kw)),
         "sparse_embed_fwd, lean launch": lambda: through(lean_launch.launch),
+        "sparse_embed_fwd, eager checked": lambda: sparse.sparse_embed_fwd(
+            *click, eager=True, checked=True),
     }
     best = dict.fromkeys(paths, float("inf"))
     with fake_cuda_driver(capability):
@@ -207,4 +211,4 @@ def compare_launch_paths(calls: int = 1000, rounds: int = 7, capability: int = 9
 
 if __name__ == "__main__":
     for name, microseconds in compare_launch_paths().items():
-        print(f"{name:32s} {microseconds:8.2f} us per call (thread CPU time, best round)")
+        print(f"{name:34s} {microseconds:8.2f} us per call (thread CPU time, best round)")

@@ -23,9 +23,17 @@ decides which binary runs and drops the rest:
   re-checks are compared with the objects last found equal to their recorded values (an identity
   test; a rebound global is compared by value, and a changed one takes ``run``, which raises).
 
+**Planned launches** (``launch_planned``) are for a launcher that knows, from what it has
+already computed, everything Triton specialises its kernel's arguments on: it names that as a
+``plan`` (a small hashable), and the binary is found by the plan instead of by the key above.
+The plan is the caller's claim, so the caller checks once that the kernel's specialisation rules
+are the ones its plan assumes, and with ``VERIFY_PLANS`` set (the tests set it) every planned
+launch also computes the key above and raises if the plan's binary is not that key's.
+
 Nothing here imports the module layer; the caches are per process, bounded, never pickled.
 """
 
+import operator
 import threading
 import weakref
 from collections import OrderedDict
@@ -38,48 +46,62 @@ from triton.runtime.driver import driver
 
 MAX_BINARIES_PER_KERNEL = 32  # least recently used binaries beyond this are forgotten
 MAX_CALL_SHAPES = 8  # distinct (positional count, keyword names) per kernel with a key function
+VERIFY_PLANS = False  # tests: check every planned launch's plan against Triton's specialisation
 _MISSING = object()
 _INT32 = (-2**31, 2**31 - 1)
 _INT64 = (-2**63, 2**63 - 1)
 
 
 class _KernelCache:
-    """Per JIT kernel: key -> CompiledKernel (LRU), key functions by call shape, the globals."""
+    """Per JIT kernel: key -> binary entry (LRU), plan -> (entry, key) (LRU), key functions by
+    call shape, the globals. An entry: (CompiledKernel, its launcher, function, packed metadata)."""
 
     def __init__(self):
         self.binaries = OrderedDict()
+        self.planned = OrderedDict()
         self.keyers = {}
         self.lock = threading.Lock()
         self.source_key = None
-        self.lookups, self.recorded, self.seen = [], [], None
+        self.scopes, self.getters, self.recorded, self.seen = [], [], [], None
 
     def refresh(self, kernel):
         """(Re)read the kernel's source hash and the globals it read when it was hashed."""
         self.source_key = kernel.cache_key  # computes used_global_vals too
-        self.lookups = [(scope.get, name) for (name, _), (_, scope)
-                        in kernel.used_global_vals.items()]
-        self.recorded = [value for value, _ in kernel.used_global_vals.values()]
+        scopes = {}  # id(scope) -> (scope, names, values): one itemgetter per module
+        for (name, _), (value, scope) in kernel.used_global_vals.items():
+            found = scopes.setdefault(id(scope), (scope, [], []))
+            found[1].append(name)
+            found[2].append(value)
+        self.recorded = [value for _, _, values in scopes.values() for value in values]
+        self.scopes = [scope for scope, _, _ in scopes.values()]
+        self.getters = [operator.itemgetter(*names, names[0])  # always a tuple
+                        for _, names, _ in scopes.values()]
         self.seen = None  # the objects last found equal to the recorded values
         self.binaries.clear()
+        self.planned.clear()
         self.keyers.clear()
 
     def globals_unchanged(self) -> bool:
-        """The check ``run`` makes (each global still equals its recorded value), as one list
+        """The check ``run`` makes (each global still equals its recorded value), as one
         comparison with the objects last found equal (identity first); a change is compared by
         value again."""
-        current = [get(name, _MISSING) for get, name in self.lookups]
+        try:
+            current = list(map(operator.call, self.getters, self.scopes))
+        except KeyError:  # a global was deleted
+            return False
         if current == self.seen:
             return True
-        if all(map(_equal, current, self.recorded)):
+        values = [value for found in current for value in found[:-1]]
+        if len(values) == len(self.recorded) and all(map(_equal, values, self.recorded)):
             self.seen = current
             return True
         return False
 
-    def remember(self, key, compiled) -> None:
+    def remember(self, table, key, value) -> None:
         with self.lock:
-            self.binaries[key] = compiled
-            while len(self.binaries) > MAX_BINARIES_PER_KERNEL:
-                self.binaries.popitem(last=False)
+            table[key] = value
+            while len(table) > MAX_BINARIES_PER_KERNEL:
+                table.popitem(last=False)
 
 
 def _equal(current, recorded) -> bool:
@@ -110,6 +132,13 @@ def _source_key(kernel, cache: _KernelCache) -> str:
     return kernel.cache_key
 
 
+def _int_class(value: int):
+    """Triton's integer type for a value outside int32 (an int32 is keyed as True)."""
+    if _INT64[0] <= value <= _INT64[1]:
+        return "i64"
+    return "u64" if 0 <= value < 2**64 else "out of range"
+
+
 def _key_terms(name: str, value, param) -> list:
     """Python expressions, over the argument ``name``, that determine Triton's specialisation of
     ``value`` (None: a type this module does not key)."""
@@ -120,11 +149,11 @@ def _key_terms(name: str, value, param) -> list:
         except TypeError:
             return None
         return [name]
-    if kind is int:
-        ranges = [f"{_INT32[0]} <= {name} <= {_INT32[1]}", f"{_INT64[0]} <= {name} <= {_INT64[1]}"]
+    if kind is int:  # int32 (True), else i64 / u64; then ==1 and %16 unless do_not_specialize
+        width = f"({_INT32[0]} <= {name} <= {_INT32[1]} or int_class({name}))"
         if param.do_not_specialize:
-            return ranges
-        return [f"{name} == 1", f"{name} % 16 == 0", *ranges]
+            return [width]
+        return [f"{name} == 1", f"{name} % 16 == 0", width]
     if kind is float or value is None:
         return []  # fp32 / constexpr None whatever the value
     if hasattr(value, "data_ptr") and hasattr(value, "dtype"):  # a tensor: a pointer argument
@@ -135,39 +164,42 @@ def _key_terms(name: str, value, param) -> list:
 
 
 def _make_keyer(kernel, args, kwargs):
-    """For calls shaped like (args, kwargs): a function (*args, **kwargs) -> (key, the argument
-    values in parameter order) or None when an argument's type differs from this call's; None
-    when the call has arguments this module does not key."""
+    """For calls shaped like (args, kwargs): a function (args, kwargs) -> (key, the argument
+    values in parameter order), or None when an argument's type differs from this call's; None
+    (no function) when the call has arguments this module does not key. Every argument's type is
+    compared at once (one tuple of types), then each is keyed by what Triton specialises on."""
     params = {param.name: param for param in kernel.params}
     names = [param.name for param in kernel.params]
     positional = [f"p{i}" for i in range(len(args))]
+    keywords = [f"k{i}" for i in range(len(kwargs))]
     values = dict(zip(names, positional))
-    for name in names[len(args):]:
-        if name in kwargs:
-            values[name] = name
-        elif params[name].has_default:
-            values[name] = f"default_{name}"
-        else:
-            return None
-    namespace, guards, terms = {}, [], []
-    observed = list(zip(positional, args, kernel.params)) + [
-        (name, value, params.get(name)) for name, value in kwargs.items()]
-    for index, (name, value, param) in enumerate(observed):
-        found = _key_terms(name, value, param)
-        if found is None:
-            return None
-        namespace[f"T{index}"] = type(value)
-        guards.append(f"type({name}) is T{index}")
-        terms += found
+    values.update((name, local) for name, local in zip(kwargs, keywords) if name in params)
+    namespace = {"ARG_TYPES": tuple(map(type, args)),
+                 "KWARG_TYPES": tuple(map(type, kwargs.values())), "int_class": _int_class}
     for name in names[len(args):]:
         if name not in kwargs:
+            if not params[name].has_default:
+                return None
+            values[name] = f"default_{name}"
             namespace[f"default_{name}"] = params[name].default
-    signature = ", ".join(positional + (["*", *kwargs] if kwargs else []))
-    ordered = ", ".join(values[name] for name in names)
-    source = (f"def keyer({signature}):\n"
-              f"    if not ({' and '.join(guards) or 'True'}):\n"
-              f"        return None\n"
-              f"    return ({', '.join(terms)},), ({ordered},)\n")
+    terms = []
+    observed = list(zip(positional, args, kernel.params)) + [
+        (local, value, params.get(name))
+        for local, (name, value) in zip(keywords, kwargs.items())]
+    for local, value, param in observed:
+        found = _key_terms(local, value, param)
+        if found is None:
+            return None
+        terms += found
+    unpack = "".join(f"    {', '.join(locals_)}, = {source}\n"
+                     for locals_, source in ((positional, "args"), (keywords, "kwargs.values()"))
+                     if locals_)
+    source = ("def keyer(args, kwargs):\n"
+              "    if (tuple(map(type, args)) != ARG_TYPES\n"
+              "            or tuple(map(type, kwargs.values())) != KWARG_TYPES):\n"
+              "        return None\n"
+              f"{unpack}"
+              f"    return ({', '.join(terms)},), ({', '.join(values[name] for name in names)},)\n")
     exec(source, namespace)
     return namespace["keyer"]
 
@@ -187,50 +219,114 @@ def is_lean(kernel) -> bool:
     return isinstance(kernel, triton.runtime.JITFunction)
 
 
+def _direct_cache(kernel, grid):
+    """The kernel's cache when a cached binary may be launched directly (a compiled kernel, a
+    grid of ints, no hook, async compile or changed global in the way, its source hash
+    current), else None (``run`` decides)."""
+    if not is_lean(kernel) or callable(grid) or _in_doubt(kernel):
+        return None
+    cache = _cache_for(kernel)
+    if _source_key(kernel, cache) != cache.source_key:
+        with cache.lock:
+            cache.refresh(kernel)
+    return cache if cache.globals_unchanged() else None
+
+
+def _binary_key(active, device, kernel, specialisation) -> tuple:
+    """What besides the arguments decides the binary: the driver, device, debug and
+    instrumentation knobs ``run`` folds into the options."""
+    return (type(active), device, kernel.debug, knobs.runtime.debug,
+            knobs.compilation.instrumentation_mode, knobs.compilation.fpsan_homomorphic_casts,
+            specialisation)
+
+
+def _run_entry(entry, active, device, grid, values):
+    compiled, run, function, metadata = entry
+    run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+        active.get_current_stream(device), function, metadata, None, None, None, *values)
+    return compiled
+
+
 def launch(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, launching the cached binary directly when this exact
     specialisation ran before. grid: a tuple of 1 to 3 ints (a callable grid takes ``run``).
     Returns the CompiledKernel (None on the interpreter)."""
-    if not is_lean(kernel) or callable(grid) or _in_doubt(kernel):
+    cache = _direct_cache(kernel, grid)
+    if cache is None:
         return kernel[grid](*args, **kwargs)
-    cache = _cache_for(kernel)
-    source_key = _source_key(kernel, cache)
-    if source_key != cache.source_key:
-        with cache.lock:
-            cache.refresh(kernel)
-    if not cache.globals_unchanged():  # a global changed since compiled: run decides (raises)
-        return kernel[grid](*args, **kwargs)
-
     active = driver.active
     device = active.get_current_device()
-    shape = (len(args), *kwargs)
-    keyer = cache.keyers.get(shape, _MISSING)
-    found = keyer(*args, **kwargs) if keyer is not _MISSING and keyer is not None else None
+    found, keyer = _specialisation(cache, args, kwargs)
     if found is not None:
-        key = (type(active), device, kernel.debug, knobs.runtime.debug,
-               knobs.compilation.instrumentation_mode,
-               knobs.compilation.fpsan_homomorphic_casts, found[0])
-        compiled = cache.binaries.get(key)
-        if compiled is not None:
-            stream = active.get_current_stream(device)
-            grid_y = grid[1] if len(grid) > 1 else 1
-            grid_z = grid[2] if len(grid) > 2 else 1
-            compiled.run(grid[0], grid_y, grid_z, stream, compiled.function,
-                         compiled.packed_metadata, None, None, None, *found[1])
-            return compiled
+        entry = cache.binaries.get(_binary_key(active, device, kernel, found[0]))
+        if entry is not None:
+            return _run_entry(entry, active, device, grid, found[1])
 
+    source_key = cache.source_key
     compiled = kernel.run(*args, grid=grid, warmup=False, **kwargs)  # compiles or finds; launches
     if compiled is None or kernel.cache_key != source_key:
         return compiled
     if keyer is _MISSING and len(cache.keyers) < MAX_CALL_SHAPES:
-        keyer = cache.keyers[shape] = _make_keyer(kernel, args, kwargs)
-    if keyer is not _MISSING and keyer is not None:
-        found = keyer(*args, **kwargs)
-        if found is not None:
-            cache.remember((type(active), device, kernel.debug, knobs.runtime.debug,
-                            knobs.compilation.instrumentation_mode,
-                            knobs.compilation.fpsan_homomorphic_casts, found[0]), compiled)
+        cache.keyers[(len(args), *kwargs)] = _make_keyer(kernel, args, kwargs)
+        found, _ = _specialisation(cache, args, kwargs)
+    if found is not None:
+        cache.remember(cache.binaries, _binary_key(active, device, kernel, found[0]),
+                       (compiled, compiled.run, compiled.function, compiled.packed_metadata))
     return compiled
+
+
+def _specialisation(cache, args, kwargs):
+    """(the keyer's (key, values) or None, the keyer or _MISSING) for this call's shape."""
+    keyer = cache.keyers.get((len(args), *kwargs), _MISSING)
+    if keyer is _MISSING or keyer is None:
+        return None, keyer
+    return keyer(args, kwargs), keyer
+
+
+def launch_planned(kernel, grid, plan, args, options):
+    """``launch(kernel, grid, *args, **options)`` found by the caller's ``plan`` (see the module
+    docstring). args: every kernel parameter's value, in parameter order (constexprs included);
+    options: launch options such as num_warps. plan: hashable, a function of everything Triton
+    specialises ``args`` and ``options`` on (None: use ``launch``)."""
+    # _direct_cache's checks, inlined (this runs on every call); anything unusual takes it
+    entry = _caches.get(id(kernel))
+    cache = entry[1] if entry is not None and entry[0]() is kernel else None
+    runtime = knobs.runtime
+    if (plan is None or cache is None or callable(grid) or kernel.hash is not cache.source_key
+            or kernel.pre_run_hooks or runtime.launch_enter_hook.calls  # _in_doubt, inlined
+            or runtime.launch_exit_hook.calls or runtime.add_stages_inspection_hook is not None
+            or _async_compile.active_mode.get() is not None or not cache.globals_unchanged()):
+        cache = None if plan is None else _direct_cache(kernel, grid)
+        if cache is None:
+            return launch(kernel, grid, *args, **options)
+    active = driver.active
+    device = active.get_current_device()
+    key = (type(active), device, kernel.debug, knobs.runtime.debug,  # _binary_key, inlined
+           knobs.compilation.instrumentation_mode, knobs.compilation.fpsan_homomorphic_casts,
+           plan)
+    found = cache.planned.get(key)
+    if found is not None:
+        (compiled, run, function, metadata), specialisation = found
+        if VERIFY_PLANS:
+            _verify_plan(cache, args, options, plan, specialisation)
+        run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+            active.get_current_stream(device), function, metadata, None, None, None, *args)
+        return compiled
+    compiled = launch(kernel, grid, *args, **options)
+    if compiled is not None and len(args) == len(kernel.params):
+        found, _ = _specialisation(cache, args, options)
+        entry = None if found is None else cache.binaries.get(
+            _binary_key(active, device, kernel, found[0]))
+        if entry is not None and entry[0] is compiled:
+            cache.remember(cache.planned, key, (entry, found[0]))
+    return compiled
+
+
+def _verify_plan(cache, args, options, plan, specialisation) -> None:
+    found, _ = _specialisation(cache, args, options)
+    if found is None or found[0] != specialisation:
+        raise AssertionError(f"launch plan {plan!r} does not determine the kernel's "
+                             f"specialisation: {found and found[0]!r} != {specialisation!r}")
 
 
 def cached_binaries(kernel) -> int:
@@ -240,9 +336,11 @@ def cached_binaries(kernel) -> int:
 
 
 def forget_binaries() -> None:
-    """Drop every cached binary and key function (the next launch of each key takes ``run``)."""
+    """Drop every cached binary, plan and key function (the next launch of each key takes
+    ``run``)."""
     with _caches_lock:
         for _, cache in list(_caches.values()):
             with cache.lock:
                 cache.binaries.clear()
+                cache.planned.clear()
                 cache.keyers.clear()

@@ -23,12 +23,15 @@ per value with the row's keep-or-drop mask folded in (no masked loads).
 """
 
 import functools
+import operator
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from . import lean_launch
 from .sincos import cos_poly, reduce_half_turns, round_to, sin_over_r, xor_sign
 
 PAD_LABEL = tl.constexpr(-1.0)
@@ -446,6 +449,7 @@ def _sum_partials_kernel(
 
 # ----------------------------------------------------------------------------- launch helpers
 _OUT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_OUT_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 _MAX_ROWS = 2**31 - 2**20  # token rows are int32 inside the kernels (offsets are int64)
 NUM_WARPS = 4
 REPS = 4  # token blocks per program: amortises the per-program Gaussian loads and slopes
@@ -457,7 +461,8 @@ def interpreting(kernel) -> bool:
 
 
 def launch(kernel, grid, *args, **kwargs):
-    """Every launch goes through ``wrap_triton``: make_fx / torch.compile see the kernel."""
+    """Launches that tracers must see go through ``wrap_triton``: make_fx / torch.compile see the
+    kernel. (Plain eager calls from the op layer launch through ``lean_launch`` instead.)"""
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 
@@ -508,8 +513,8 @@ def _aligned_rows(*tables: torch.Tensor) -> bool:
     decides, as Inductor assumes for its own kernels (it copies inputs found misaligned at run
     time)."""
     for t in tables:
-        size = t.element_size()
-        if t.stride(1) != 1 or (t.shape[0] > 1 and (t.stride(0) * size) % 16):
+        stride, size = t.stride(), t.element_size()
+        if stride[1] != 1 or ((stride[0] * size) % 16 and t.shape[0] > 1):
             return False
         if type(t) in _PLAIN_TENSORS or not is_fake(t):
             start = t.data_ptr()
@@ -520,14 +525,17 @@ def _aligned_rows(*tables: torch.Tensor) -> bool:
     return True
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _wide_offsets(out_numel: int, *tensors: torch.Tensor) -> bool:
     """Whether an element offset into the output or an input can reach 2^31 (then the kernels
-    compute offsets in int64; int32 otherwise)."""
-    limit = 2**31 - 1
-    if out_numel > limit:
+    compute offsets in int64; int32 otherwise). An input's largest offset is sum((n - 1) s)."""
+    if out_numel > _INT32_MAX:
         return True
     for t in tensors:
-        if t.numel() and sum((n - 1) * s for n, s in zip(t.shape, t.stride())) > limit:
+        stride = t.stride()
+        if sum(map(operator.mul, t.shape, stride)) - sum(stride) > _INT32_MAX and t.numel():
             return True
     return False
 
@@ -540,6 +548,7 @@ def _row_split(tokens):
     return 0, 0, False
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of one int, on every launch's host path
 def divisor_magic(divisor: int):
     """(magic, shift) with n // divisor == umulhi(2 n, magic) >> shift for 0 <= n < 2^31 and
     1 <= divisor < 2^31 (magic's 32 bits as a signed int, so that Triton passes it as i32).
@@ -603,7 +612,7 @@ def _check_sparse_inputs(point_coords, point_labels, boxes, pad, gaussian, image
 def sparse_embed_fwd(
     point_coords: torch.Tensor,
     point_labels: torch.Tensor,
-    boxes: torch.Tensor,
+    boxes: Optional[torch.Tensor],
     pad: bool,
     gaussian: torch.Tensor,
     point_table: torch.Tensor,
@@ -611,14 +620,168 @@ def sparse_embed_fwd(
     image_h: int,
     image_w: int,
     out_dtype: torch.dtype,
+    *,
+    eager: bool = False,
+    checked: bool = False,
 ) -> torch.Tensor:
     """Sparse prompt embedding in one launch.
 
     point_coords: [B, N, 2], point_labels: [B, N], boxes: [B, K, 4] (x0, y0, x1, y1), any real
     dtypes and strides; gaussian: [2, F]; point_table: [4, C]; not_a_point: [1, C] (C = 2F)
     -> [B, N + pad + 2K, C] in out_dtype (fp32, bf16 or fp16), computed in fp32, rounded once.
+
+    For the op layer (``sam2_prompt.ops``), never needed by direct callers:
+
+    - ``eager``: a plain eager call (``ops.route`` said EAGER: no tracing, no functorch
+      transform). The launch goes through ``lean_launch`` (the cached binary, launched directly)
+      rather than ``wrap_triton``, which only tracers need.
+    - ``checked`` (with ``eager``): the caller validated the prompts as the modules do (shapes
+      above, real dtypes, on not_a_point's device); ``boxes`` may be None (no boxes, K = 0).
+      They are not checked again, and the launch is planned (:func:`_launch_checked`); the
+      weights and sizes get one quick test, and anything it does not expect takes the full
+      validation below.
     """
-    batch, num_points, _, tokens, freqs = _check_sparse_inputs(
+    if checked and eager:
+        out = _launch_checked(point_coords, point_labels, boxes, pad, gaussian, point_table,
+                              not_a_point, image_h, image_w, out_dtype)
+        if out is not None:
+            return out
+    if boxes is None:
+        boxes = point_coords.new_empty((point_coords.shape[0], 0, 4))
+    point_table, not_a_point = _checked_sparse_fwd_args(
+        point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
+        image_h, image_w, out_dtype)
+    batch, num_points = point_labels.shape
+    tokens = num_points + int(pad) + 2 * boxes.shape[1]
+    channels = point_table.shape[1]
+    out = torch.empty((batch, tokens, channels), device=gaussian.device, dtype=out_dtype)
+    rows = batch * tokens
+    if rows == 0:
+        return out
+    magic, shift, fast_div = _row_split(tokens)
+    constexprs, tokens_per_program = _fwd_constexprs(
+        int(channels), out_dtype, _aligned_rows(point_table, not_a_point, gaussian), fast_div,
+        _wide_offsets(out.numel(), point_coords, point_labels, boxes))
+    args = (out, point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
+            boxes, *boxes.stride(), gaussian, *gaussian.stride(), point_table,
+            point_table.stride(0), not_a_point, rows, tokens, magic, shift, num_points, int(pad),
+            *image_constants(image_h, image_w))
+    grid = (-(-rows // tokens_per_program),)  # cdiv (triton.cdiv is slow in host code)
+    if eager:
+        lean_launch.launch(_sparse_embed_fwd_kernel, grid, *args, **constexprs,
+                           num_warps=NUM_WARPS)
+    else:
+        launch(_sparse_embed_fwd_kernel, grid, *args, **constexprs, num_warps=NUM_WARPS)
+    return out
+
+
+def _launch_checked(point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
+                    image_h, image_w, out_dtype) -> Optional[torch.Tensor]:
+    """:func:`sparse_embed_fwd` for ``eager`` and ``checked`` calls, each attribute read once
+    -> the output, or None (nothing launched) unless the weights are as the module keeps them
+    and the kernel reads them: point_table [4, C] and not_a_point [1, C] of one fp32/bf16/fp16
+    dtype with unit column stride, gaussian [2, C / 2] in fp32/bf16/fp16, all on not_a_point's
+    device; positive image sizes, 1 to _MAX_ROWS - 1 token rows, an fp32/bf16/fp16 output.
+
+    The launch is planned (``lean_launch.launch_planned``): the plan below names everything
+    the binary depends on (see _FWD_PLAN_*)."""
+    table_shape, table_stride = point_table.shape, point_table.stride()
+    gauss_stride, dtype, device = gaussian.stride(), point_table.dtype, not_a_point.device
+    batch, num_points = point_labels.shape
+    num_boxes = 0 if boxes is None else boxes.shape[1]
+    tokens = num_points + (1 if pad else 0) + 2 * num_boxes
+    rows = batch * tokens
+    if len(table_shape) != 2:
+        return None
+    channels = table_shape[1]
+    if not (table_shape[0] == 4 and channels > 0 and channels % 2 == 0 and 0 < rows < _MAX_ROWS
+            and image_h > 0 and image_w > 0 and not_a_point.shape == (1, channels)
+            and gaussian.shape == (2, channels // 2) and table_stride[1] == 1
+            and not_a_point.stride(1) == 1 and dtype in _OUT_BYTES
+            and not_a_point.dtype == dtype and gaussian.dtype in _OUT_BYTES
+            and out_dtype in _OUT_BYTES and point_table.device == device
+            and gaussian.device == device):
+        return None
+    out = torch.empty(batch, tokens, channels, device=device, dtype=out_dtype)  # (ints: faster)
+    coords_stride, labels_stride = point_coords.stride(), point_labels.stride()
+    if boxes is None:  # K = 0: the boxes pointer is never read; the coordinates stand in for it
+        boxes_or_coords, box_stride = point_coords, (0, 0, 0)  # (the empty boxes' dtype)
+    else:
+        boxes_or_coords, box_stride = boxes, boxes.stride()
+    wide = rows * channels > _INT32_MAX or _prompt_reach(
+        batch, num_points, num_boxes, coords_stride, labels_stride, box_stride) > _INT32_MAX
+    table_at, nap_at, gauss_at = point_table.data_ptr(), not_a_point.data_ptr(), gaussian.data_ptr()
+    # _aligned_rows's rule for these three (unit column strides of the table rows checked above)
+    aligned = gauss_stride[1] == 1 and not ((table_at | nap_at | gauss_at
+                                             | table_stride[0] * _OUT_BYTES[dtype]
+                                             | gauss_stride[0] * _OUT_BYTES[gaussian.dtype]) & 15)
+    constexprs, tokens_per_program = _fwd_constexprs(channels, out_dtype, aligned, True, wide)
+    plan = None
+    if max(*coords_stride, *labels_stride, *box_stride) <= _INT32_MAX:
+        plan = (channels, out_dtype, wide, out.data_ptr() & 15, point_coords.dtype,
+                point_labels.dtype, boxes_or_coords.dtype, gaussian.dtype, gauss_stride,
+                gauss_at & 15, dtype, table_stride[0], table_at & 15, nap_at & 15)
+    lean_launch.launch_planned(
+        _sparse_embed_fwd_kernel, (-(-rows // tokens_per_program),), plan,
+        (out, point_coords, *coords_stride, point_labels, *labels_stride, boxes_or_coords,
+         *box_stride, gaussian, *gauss_stride, point_table, table_stride[0], not_a_point, rows,
+         tokens, *divisor_magic(tokens), num_points, 1 if pad else 0,
+         *image_constants(image_h, image_w), *constexprs.values()),
+        _FWD_OPTIONS)
+    return out
+
+
+def _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride, box_stride) -> int:
+    """The largest element offset into point_coords [B, N, 2], point_labels [B, N] and boxes
+    [B, K, 4] of these strides: _wide_offsets's rule (sum((n - 1) s) over non-empty inputs) from
+    sizes and strides already read. B >= 1."""
+    reach = 0
+    if num_points:
+        reach = max((batch - 1) * coords_stride[0] + (num_points - 1) * coords_stride[1]
+                    + coords_stride[2],
+                    (batch - 1) * labels_stride[0] + (num_points - 1) * labels_stride[1])
+    if num_boxes:
+        reach = max(reach, (batch - 1) * box_stride[0] + (num_boxes - 1) * box_stride[1]
+                    + 3 * box_stride[2])
+    return reach
+
+
+# The forward's launch plan (_launch_checked): what Triton specialises each of the kernel's
+# parameters on, given the launcher's checks and that every stride of the prompts fits int32:
+# the output, Gaussian, table and not_a_point pointers (dtype, address mod 16); the prompts'
+# pointers (dtype only: not specialised on alignment); the Gaussian's and table's strides (by
+# value); the constexprs (channels, output dtype, WIDE; ALIGNED follows from the addresses,
+# strides and dtypes; FAST_DIV is True). Every other integer is never specialised and always
+# int32 here (rows < 2^31; the prompts' strides, checked), every float fp32. _check_fwd_plan
+# holds the kernel to this.
+_FWD_OPTIONS = {"num_warps": NUM_WARPS}
+_FWD_PLAN_UNSPECIALISED = {
+    "coords_sb", "coords_sn", "coords_sd", "labels_sb", "labels_sn", "boxes_sb", "boxes_sk",
+    "boxes_sd", "rows", "tokens", "tokens_magic", "tokens_shift", "num_points", "pad"}
+_FWD_PLAN_ANY_ALIGNMENT = {"coords_ptr", "labels_ptr", "boxes_ptr"}
+
+
+def _check_fwd_plan(kernel) -> None:
+    """Raise unless the kernel specialises exactly as the forward's plan assumes."""
+    names = [param.name for param in kernel.params]
+    unspecialised = {param.name for param in kernel.params if param.do_not_specialize}
+    any_alignment = {param.name for param in kernel.params
+                     if param.do_not_specialize_on_alignment}
+    if (unspecialised != _FWD_PLAN_UNSPECIALISED or any_alignment != _FWD_PLAN_ANY_ALIGNMENT
+            or len(names) != 41 or names[30] != "C"):
+        raise RuntimeError("_sparse_embed_fwd_kernel's parameters changed: update its launch "
+                           "plan (_launch_checked, _FWD_PLAN_*)")
+
+
+if not interpreting(_sparse_embed_fwd_kernel):  # the interpreter never plans (nor launches lean)
+    _check_fwd_plan(_sparse_embed_fwd_kernel)
+
+
+def _checked_sparse_fwd_args(point_coords, point_labels, boxes, pad, gaussian, point_table,
+                             not_a_point, image_h, image_w, out_dtype):
+    """Every argument checked (clear errors) -> (point_table, not_a_point) as the kernel reads
+    them: one dtype, unit column stride (tiny [<= 5, C] copies only for unusual callers)."""
+    _, _, _, _, freqs = _check_sparse_inputs(
         point_coords, point_labels, boxes, pad, gaussian, image_h, image_w)
     channels = 2 * freqs
     _check_tensor("point_table", point_table, (4, channels), floating_only=True)
@@ -629,35 +792,25 @@ def sparse_embed_fwd(
         raise ValueError("point_table and not_a_point must be on the gaussian's device "
                          f"{gaussian.device}, got {point_table.device} and {not_a_point.device}")
     # The row gather reads the table and not_a_point through one pointer: same dtype, unit column
-    # stride (tiny [<=5, C] copies only when a caller passes something unusual).
+    # stride.
     if not_a_point.dtype != point_table.dtype:
         not_a_point = not_a_point.to(point_table.dtype)
     if point_table.stride(1) != 1:
         point_table = point_table.contiguous()
     if not_a_point.stride(1) != 1:
         not_a_point = not_a_point.contiguous()
+    return point_table, not_a_point
 
-    out = torch.empty(batch, tokens, channels, device=gaussian.device, dtype=out_dtype)
-    rows = batch * tokens
-    if rows == 0:
-        return out
-    span, chunks, chunks_b, block_t = tile_config(int(channels), out.element_size())
-    magic, shift, fast_div = _row_split(tokens)
-    grid = (triton.cdiv(rows, block_t * REPS),)
-    launch(
-        _sparse_embed_fwd_kernel, grid,
-        out, point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
-        boxes, *boxes.stride(), gaussian, *gaussian.stride(), point_table, point_table.stride(0),
-        not_a_point, rows, tokens, magic, shift, num_points, int(pad),
-        *image_constants(image_h, image_w),
-        C=channels, SPAN=span, CHUNKS=chunks, CHUNKS_B=chunks_b, BLOCK_T=block_t, REPS=REPS,
-        ALIGNED=_aligned_rows(point_table, not_a_point, gaussian),
-        FAST_DIV=fast_div,
-        WIDE=_wide_offsets(out.numel(), point_coords, point_labels, boxes),
-        OUT_DTYPE=_OUT_DTYPES[out_dtype], INTERPRET=interpreting(_sparse_embed_fwd_kernel),
-        num_warps=NUM_WARPS,
-    )
-    return out
+
+@functools.lru_cache(maxsize=256)  # shapes and dtypes only (never weights): computed once each
+def _fwd_constexprs(channels, out_dtype, aligned, fast_div, wide):
+    """The forward kernel's constexprs (a dict in parameter order) and token rows per program."""
+    span, chunks, chunks_b, block_t = tile_config(int(channels), _OUT_BYTES[out_dtype])
+    constexprs = dict(C=channels, SPAN=span, CHUNKS=chunks, CHUNKS_B=chunks_b, BLOCK_T=block_t,
+                      REPS=REPS, ALIGNED=aligned, FAST_DIV=fast_div, WIDE=wide,
+                      OUT_DTYPE=_OUT_DTYPES[out_dtype],
+                      INTERPRET=interpreting(_sparse_embed_fwd_kernel))
+    return constexprs, block_t * REPS  # a dict: `**` of a dict is fast (callers never mutate it)
 
 
 BWD_BLOCKS_PER_PROGRAM = 8  # several token blocks per program amortise its slopes and sums

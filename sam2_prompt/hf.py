@@ -244,9 +244,10 @@ class Sam2PromptEncoder(nn.Module):
         gaussian = self.shared_embedding.positional_embedding
         size = int(self.input_image_size)
         out = ops.sparse_embed(
-            coords, ids, coords.new_empty((rows, 0, 4)), pad, gaussian, self.point_embed.weight,
+            coords, ids, None, pad, gaussian, self.point_embed.weight,
             self.not_a_point_embed.weight, size, size, out_dtype,
-            self.use_triton(out_dtype, gaussian.device), self._derived)
+            self.use_triton(out_dtype, gaussian.device), self._derived,
+            prompts_checked=True)  # forward validated the inputs these tokens are made of
         if padding:
             out = _zero_padding_points(out, labels.reshape(rows, -1))
         return out.view(batch, prompts, out.shape[1], out.shape[2])

@@ -6,13 +6,18 @@ code in :mod:`sam2_prompt.reference`. With Triton installed the ops are ``torch.
 (Inductor sees the kernels); without it they are ``custom_op`` with the same function as fake.
 
 The public wrappers (:func:`sparse_embed`, :func:`dense_pe`) decide per call how to run
-(:func:`route`): plain eager calls that record no autograd call the implementation directly, the
+(:func:`route`): plain eager calls that record no autograd call the implementation directly (on
+the Triton path the launchers' eager entry: a cached binary launched by ``lean_launch``), the
 registered op serves reverse-mode autograd (a fused backward on the Triton path) and tracing, and
 what the op's autograd formula cannot serve (forward-mode AD, functorch transforms, a Gaussian
 that needs a gradient) runs the differentiable reference (``reference.*_functional``).
 Double backward differentiates the reference backward.
+
+:func:`fake_cuda_launches` makes CPU tensors take the CUDA path with a no-op final launch: for
+measuring and testing the host side of a launch without a GPU (``sam2-prompt-bench host``).
 """
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
@@ -37,10 +42,13 @@ try:
 except ModuleNotFoundError:
     HAS_TRITON = False
 
-try:  # Launch kernels directly rather than through the tracing wrapper (what triton_op does eagerly).
+try:  # the tracing wrapper, switched off for eager launches through `launch` hooks (direct)
     from torch._library.triton import set_wrap_triton_enabled as _set_wrap_triton_enabled
 except ImportError:  # pragma: no cover - older torch
     _set_wrap_triton_enabled = None
+
+# Device types whose tensors the compiled kernels launch on; fake_cuda_launches() adds "cpu".
+_launch_device_types = ("cuda",)
 
 
 def check_backend(backend: Optional[str]) -> str:
@@ -65,7 +73,7 @@ def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optio
         return "Triton is not installed (pip install 'sam2-prompt[triton]')"
     if dtype not in TRITON_DTYPES:
         return f"the Triton kernels compute fp32/bf16/fp16 outputs, not {dtype}"
-    if device.type == "cuda":
+    if device.type in _launch_device_types:
         return None
     if device.type == "cpu" and _interpreter_requested():
         return None
@@ -75,15 +83,27 @@ def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optio
     )
 
 
+_DEVICE_TYPES = {}  # torch.device -> its type string (reading device.type builds a new string)
+
+
+def _device_type(device: torch.device) -> str:
+    if len(_DEVICE_TYPES) < 64:  # a handful of devices; bounded all the same
+        _DEVICE_TYPES[device] = device.type
+    return device.type
+
+
 def use_triton(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     """The one dispatch gate. ``backend`` is a checked request: auto, torch or triton.
 
     auto: Triton on CUDA tensors when it imports, else PyTorch. triton: Triton or a clear error,
     never a silent fallback (on CPU it means the interpreter).
     """
-    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+    if backend == "torch":
         return False
-    if device.type == "meta":  # shapes only, nothing to launch: the reference computes them
+    kind = _DEVICE_TYPES.get(device) or _device_type(device)
+    if kind in _launch_device_types and dtype in TRITON_DTYPES and HAS_TRITON:  # every call on GPU
+        return True
+    if backend == "auto" or kind == "meta":  # meta: shapes only, the reference computes them
         return False
     reason = triton_unavailable_reason(device, dtype)
     if backend == "triton":
@@ -103,6 +123,10 @@ EAGER, OP, REFERENCE = "eager", "op", "reference"
 _AD_TRANSFORMS = (TransformType.Grad, TransformType.Jvp, TransformType.Vmap)
 
 
+_peek_interpreter_stack = torch._C._functorch.peek_interpreter_stack
+_get_dispatch_mode = torch._C._get_dispatch_mode
+
+
 def transforms_active() -> bool:
     """A functorch transform (grad, vmap, jvp, jacrev, ...; functionalize is not one: it keeps
     ops as they are) or forward-mode AD is active. Not asked while Dynamo traces (it handles
@@ -116,12 +140,12 @@ def transforms_active() -> bool:
 def plain_eager() -> bool:
     """Eager code as written: not compiling, not tracing (make_fx, fake tensors), no functorch
     transform or forward-mode AD."""
-    return not (torch.compiler.is_compiling() or transforms_active() or any(
-        torch._C._get_dispatch_mode(mode) is not None for mode in _TRACING_MODES))
+    return not (torch.compiler.is_compiling() or transforms_active() or _tracing())
 
 
-def route(gaussian: Tensor, *tensors: Tensor) -> str:
-    """How an op call runs; ``tensors``: the inputs that may need a gradient besides the Gaussian.
+def route(gaussian: Optional[Tensor], *tensors: Optional[Tensor]) -> str:
+    """How an op call runs; ``tensors``: the inputs that may need a gradient besides the Gaussian
+    (None where an op has no Gaussian; None tensors are absent inputs).
 
     - ``REFERENCE``: the differentiable pure-PyTorch spec, for what the fused op's autograd formula
       does not serve: functorch transforms, forward-mode AD, a Gaussian that needs a gradient;
@@ -130,21 +154,72 @@ def route(gaussian: Tensor, *tensors: Tensor) -> str:
     - ``OP``: the registered op (reverse-mode autograd with the fused backward, tracing, export).
     """
     grad = torch.is_grad_enabled()
-    if transforms_active() or (grad and gaussian.requires_grad):
+    if grad and gaussian is not None and gaussian.requires_grad:
         return REFERENCE
-    if torch.compiler.is_compiling() or any(
-            torch._C._get_dispatch_mode(mode) is not None for mode in _TRACING_MODES):
+    if torch.compiler.is_compiling():  # (transforms_active() is False while Dynamo traces)
         return OP
-    if grad and any(t.requires_grad for t in tensors):
+    # transforms_active() and _tracing(), inlined: this runs on every call
+    level = _peek_interpreter_stack()
+    if (level is not None and level.key() in _AD_TRANSFORMS) or forward_ad._current_level >= 0:
+        return REFERENCE
+    if (_get_dispatch_mode(_TRACING_MODES[0]) is not None
+            or _get_dispatch_mode(_TRACING_MODES[1]) is not None
+            or (grad and any(t is not None and t.requires_grad for t in tensors))):
         return OP
     return EAGER
 
 
+def _tracing() -> bool:
+    """make_fx or a fake-tensor mode is active."""
+    get_mode = torch._C._get_dispatch_mode
+    return get_mode(_TRACING_MODES[0]) is not None or get_mode(_TRACING_MODES[1]) is not None
+
+
 def _direct(impl, use_triton: bool, *args):
+    """``impl(*args, use_triton)`` for a plain eager call whose launcher launches through its
+    ``launch`` hook: with the tracing wrapper (``wrap_triton``) switched off around it."""
     if not (use_triton and _set_wrap_triton_enabled):
         return impl(*args, use_triton)
     with _set_wrap_triton_enabled(False):
         return impl(*args, use_triton)
+
+
+_kernel_modules = None
+
+
+def _kernels():
+    """(kernels.sparse, kernels.dense), imported on first use (they import triton); looked up as
+    module attributes at each call."""
+    global _kernel_modules
+    if _kernel_modules is None:
+        from .kernels import dense, sparse
+
+        _kernel_modules = sparse, dense
+    return _kernel_modules
+
+
+@contextlib.contextmanager
+def fake_cuda_launches(capability: int = 90):
+    """For the host benchmark and tests only: inside, CPU tensors take exactly the path CUDA
+    tensors take (the gate chooses Triton for them, ``auto`` included; the eager branch calls the
+    launchers' lean entry), and Triton's driver is ``kernels.fake_driver``'s: kernels compile for
+    ``sm_<capability>``, the binder, caches and launch path are real, and the final launch is a
+    no-op that counts (the yielded driver's ``launches``). Outputs are never written: they hold
+    whatever ``torch.empty`` gave. TRITON_INTERPRET must be unset (the interpreter replaces the
+    kernels). Not thread-safe: the gate's device list is process-wide while the block runs."""
+    global _launch_device_types
+    if _interpreter_requested():
+        raise RuntimeError("fake_cuda_launches needs TRITON_INTERPRET unset (the interpreter "
+                           "replaces @triton.jit kernels)")
+    from .kernels.fake_driver import fake_cuda_driver
+
+    saved = _launch_device_types
+    with fake_cuda_driver(capability) as fake:
+        _launch_device_types = saved + ("cpu",)
+        try:
+            yield fake
+        finally:
+            _launch_device_types = saved
 
 
 def _define(name: str):
@@ -178,9 +253,7 @@ def _sparse_embed(
     args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
             image_h, image_w, out_dtype)
     if use_triton:
-        from .kernels.sparse import sparse_embed_fwd
-
-        return sparse_embed_fwd(*args)
+        return _kernels()[0].sparse_embed_fwd(*args)
     return reference.sparse_embed(*args)
 
 
@@ -199,9 +272,7 @@ def _sparse_embed_backward(
     point_table [4, C], not_a_point [1, C] (fp32; fp64 for an fp64 grad_out)."""
     args = (grad_out, point_coords, point_labels, boxes, pad, gaussian, image_h, image_w)
     if use_triton:
-        from .kernels.sparse import sparse_embed_bwd
-
-        grads = sparse_embed_bwd(*args)
+        grads = _kernels()[0].sparse_embed_bwd(*args)
     else:
         grads = reference.sparse_embed_backward(*args)
     # An op's outputs may not alias each other; these are small ([B, N, 2], [B, K, 4], [5, C]).
@@ -215,7 +286,7 @@ sparse_embed_backward_op = _define("sam2_prompt::sparse_embed_backward")(_sparse
 def sparse_embed(
     point_coords: Tensor,
     point_labels: Tensor,
-    boxes: Tensor,
+    boxes: Optional[Tensor],
     pad: bool,
     gaussian: Tensor,
     point_table: Union[Tensor, Sequence[Tensor]],
@@ -225,16 +296,28 @@ def sparse_embed(
     out_dtype: torch.dtype,
     use_triton: bool,
     derived: Optional["DerivedCache"] = None,
+    *,
+    prompts_checked: bool = False,
 ) -> Tensor:
     """The sparse op (``sam2_prompt::sparse_embed``); see :func:`_sparse_embed` for shapes.
 
-    point_table: [4, C], or its four [1, C] rows (SAM-2's four embeddings: stacked only where
-    needed). derived: the caller's ``cache.DerivedCache``, where a plain eager call on the PyTorch
-    path keeps the folded Fourier weights and the label rows (validated by value against the
-    Gaussian and the embeddings: see ``sam2_prompt.cache``)."""
-    point_rows = (point_table,) if isinstance(point_table, Tensor) else tuple(point_table)
+    boxes: [B, K, 4], or None for no boxes (K = 0). point_table: [4, C], or its four [1, C] rows
+    (SAM-2's four embeddings: stacked only where needed). derived: the caller's
+    ``cache.DerivedCache``, where a plain eager call on the PyTorch path keeps the folded Fourier
+    weights and the label rows (validated by value against the Gaussian and the embeddings: see
+    ``sam2_prompt.cache``). prompts_checked: the caller validated the prompts as the modules do
+    (shapes, real dtypes, on not_a_point's device), so a plain eager Triton call does not check
+    them again (the weights are still checked)."""
+    point_rows = (point_table,) if isinstance(point_table, Tensor) else point_table
     path = route(gaussian, point_coords, boxes, not_a_point, *point_rows)
-    if path == EAGER and not use_triton and derived is not None:
+    if path == EAGER and use_triton:
+        table = point_rows[0] if len(point_rows) == 1 else torch.cat(point_rows)
+        return _kernels()[0].sparse_embed_fwd(
+            point_coords, point_labels, boxes, pad, gaussian, table, not_a_point, image_h,
+            image_w, out_dtype, eager=True, checked=prompts_checked)
+    if boxes is None:
+        boxes = point_coords.new_empty((point_coords.shape[0], 0, 4))
+    if path == EAGER and derived is not None:  # the PyTorch path
         dtype = reference.compute_dtype(out_dtype)
 
         def fold():
@@ -246,16 +329,13 @@ def sparse_embed(
         return reference.sparse_embed(
             point_coords, point_labels, boxes, pad, gaussian, None, not_a_point, image_h, image_w,
             out_dtype, sincos=sincos, table=table)
-    if len(point_rows) > 1:
-        point_table = torch.cat(point_rows)
-    args = (point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
+    table = point_rows[0] if len(point_rows) == 1 else torch.cat(point_rows)
+    args = (point_coords, point_labels, boxes, pad, gaussian, table, not_a_point,
             image_h, image_w, out_dtype)
     if path == REFERENCE:
         return reference.sparse_embed_functional(*args)
     if path == OP:
         return sparse_embed_op(*args, use_triton)
-    if use_triton:
-        return _direct(_sparse_embed, use_triton, *args)
     return reference.sparse_embed(*args)
 
 
@@ -300,9 +380,7 @@ sparse_embed_op.register_autograd(_sparse_backward, setup_context=_sparse_setup_
 def _dense_pe(gaussian: Tensor, h: int, w: int, out_dtype: torch.dtype, use_triton: bool) -> Tensor:
     """gaussian: [2, F] -> [C, h, w], the positional encoding of the grid of pixel centres."""
     if use_triton:
-        from .kernels.dense import dense_pe as dense_pe_triton
-
-        return dense_pe_triton(gaussian, h, w, out_dtype)
+        return _kernels()[1].dense_pe(gaussian, h, w, out_dtype)
     return reference.dense_pe(gaussian, h, w, out_dtype)
 
 
@@ -315,7 +393,9 @@ def dense_pe(gaussian: Tensor, h: int, w: int, out_dtype: torch.dtype, use_trito
     if path == REFERENCE:
         return reference.dense_pe_functional(gaussian, h, w, out_dtype)
     if path == EAGER:
-        return _direct(_dense_pe, use_triton, gaussian, h, w, out_dtype)
+        if use_triton:
+            return _kernels()[1].dense_pe(gaussian, h, w, out_dtype, eager=True)
+        return reference.dense_pe(gaussian, h, w, out_dtype)
     return dense_pe_op(gaussian, h, w, out_dtype, use_triton)
 
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import masks as mask_ops
+from . import ops
 from .cache import DerivedCache
-from .position_encoding import PositionEmbeddingRandom, module_tensor
+from .position_encoding import PositionEmbeddingRandom, autocast_dtype, module_tensor
 
 Points = Tuple[Tensor, Tensor]
 
@@ -32,6 +33,37 @@ class LayerNorm2d(nn.Module):
         return normed.permute(0, 3, 1, 2)
 
 
+def _is_conv(module: nn.Module, size: int) -> bool:
+    """An nn.Conv2d with a bias, kernel and stride ``size``, no padding, dilation or groups."""
+    return (type(module) is nn.Conv2d and module.kernel_size == (size, size)
+            and module.stride == (size, size) and module.padding == (0, 0)
+            and module.dilation == (1, 1) and module.groups == 1 and module.bias is not None
+            and module.padding_mode == "zeros")
+
+
+def _has_hooks(layers: nn.Module) -> bool:
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in layers.modules())
+
+
+def fused_mask_layers(layers: nn.Module):
+    """(weights, eps1, eps2) of SAM-2's ``mask_downscaling`` when the mask op computes exactly
+    what its layers do (conv 2x2/2, LayerNorm2d, exact GELU, conv 2x2/2, LayerNorm2d, exact GELU,
+    conv 1x1, no hooks), in the op's order (conv1, ln1, conv2, ln2, conv3; weight then bias);
+    None otherwise."""
+    if not isinstance(layers, nn.Sequential) or len(layers) != 7 or _has_hooks(layers):
+        return None
+    conv1, norm1, act1, conv2, norm2, act2, conv3 = layers
+    if not (_is_conv(conv1, 2) and _is_conv(conv2, 2) and _is_conv(conv3, 1)
+            and type(norm1) is LayerNorm2d and type(norm2) is LayerNorm2d
+            and mask_ops.fusable_activations(act1, act2)):
+        return None
+    weights = tuple(module_tensor(module, name) for module in (conv1, norm1, conv2, norm2, conv3)
+                    for name in ("weight", "bias"))
+    return weights, norm1.eps, norm2.eps
+
+
 def _check_tensor(name: str, value, allow_bool: bool = False) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -41,6 +73,11 @@ def _check_tensor(name: str, value, allow_bool: bool = False) -> Tensor:
     return value
 
 
+# dtypes _check_tensor refuses, for one set lookup on the usual call's path
+_NOT_REAL = frozenset({torch.complex32, torch.complex64, torch.complex128})
+_NOT_REAL_OR_BOOL = _NOT_REAL | {torch.bool}
+
+
 def _shape(t: Tensor) -> tuple:
     return tuple(t.shape)
 
@@ -48,6 +85,18 @@ def _shape(t: Tensor) -> tuple:
 def _is_corner_pair(boxes: Tensor) -> bool:
     """boxes [B, 2, 2]: one box per prompt as its corners ((x0, y0), (x1, y1)), as upstream takes."""
     return boxes.dim() == 3 and tuple(boxes.shape[1:]) == (2, 2)
+
+
+def _no_mask_dense(no_mask: Tensor, batch: int, h: int, w: int) -> Tensor:
+    """no_mask [1, C] -> upstream's dense output, ``no_mask.reshape(1, -1, 1, 1).expand(batch,
+    -1, h, w)``: a [batch, C, h, w] view. With no autograd to record, the same view (its
+    strides too) in one op (two ops cost a click on a GPU several microseconds of host time)."""
+    if torch.is_grad_enabled() or no_mask.dim() != 2 or no_mask.shape[0] != 1:
+        return no_mask.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
+    row, col = no_mask.stride()
+    return no_mask.as_strided(  # (the storage offset: no_mask's)
+        (batch, no_mask.shape[1], h, w),
+        (row if batch == 1 else 0, col, col if h == 1 else 0, col if w == 1 else 0))
 
 
 def _boxes_bk4(boxes: Tensor) -> Tensor:
@@ -144,11 +193,22 @@ class PromptEncoder(nn.Module):
         return self._sparse(None, None, boxes, False, self.pe_layer.pe_dtype())
 
     def _embed_masks(self, masks: Tensor) -> Tensor:
-        """masks: [B, 1, 4*H_emb, 4*W_emb] -> [B, C, H_emb, W_emb]."""
-        weight = self.mask_downscaling[0].weight
-        if masks.dtype != weight.dtype and not torch.is_autocast_enabled(masks.device.type):
-            masks = masks.to(weight.dtype)
-        return self.mask_downscaling(masks)
+        """masks: [B, 1, 4*H_emb, 4*W_emb] -> [B, C, H_emb, W_emb]: one op (the fused kernel or
+        the fast PyTorch path, computing in fp32) when the mask layers are SAM-2's as built, else
+        the layers themselves (another activation, a replaced layer, hooks)."""
+        layers = self.mask_downscaling
+        weight = module_tensor(layers[0], "weight")
+        autocast = autocast_dtype(masks.device)
+        fused = fused_mask_layers(layers)
+        if fused is None:
+            if masks.dtype != weight.dtype and autocast is None:
+                masks = masks.to(weight.dtype)
+            return layers(masks)
+        weights, eps1, eps2 = fused
+        # what the conv stack returns: autocast's dtype for fp32 weights, else the weights' dtype
+        out_dtype = autocast if autocast is not None and weight.dtype == torch.float32 else weight.dtype
+        return mask_ops.mask_embed(masks, *weights, eps1, eps2, out_dtype,
+                                   self._use_triton(out_dtype, weight.device))
 
     def _get_batch_size(
         self, points: Optional[Points], boxes: Optional[Tensor], masks: Optional[Tensor]
@@ -168,9 +228,10 @@ class PromptEncoder(nn.Module):
         self, points: Optional[Points], boxes: Optional[Tensor], masks: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
         """Sparse embeddings [B, N + pad + 2K, C] and dense embeddings [B, C, H_emb, W_emb]."""
-        not_a_point = self.not_a_point_embed.weight  # the module's device and dtype, looked up once
-        self._validate(points, boxes, masks, not_a_point.device)
-        bs = self._get_batch_size(points, boxes, masks)
+        # Submodules through _modules (nn.Module's attribute fallback is slow on every call).
+        # not_a_point: the module's device and dtype, looked up once.
+        not_a_point = module_tensor(self._modules["not_a_point_embed"], "weight")
+        bs = self._validate(points, boxes, masks, not_a_point.device)
         out_dtype = not_a_point.dtype
         if points is None and boxes is None:
             sparse = torch.empty((bs, 0, self.embed_dim), device=not_a_point.device, dtype=out_dtype)
@@ -181,8 +242,8 @@ class PromptEncoder(nn.Module):
             dense = self._embed_masks(masks)
         else:
             h, w = self.image_embedding_size
-            no_mask = module_tensor(self.no_mask_embed, "weight")
-            dense = no_mask.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+            no_mask = module_tensor(self._modules["no_mask_embed"], "weight")
+            dense = _no_mask_dense(no_mask, bs, h, w)
         return sparse, dense
 
     # ----------------------------------------------------------------------------- internals
@@ -195,23 +256,24 @@ class PromptEncoder(nn.Module):
 
         What is kept between calls (the PyTorch path's folded Fourier weights and label table) is
         in this module's ``DerivedCache``, reused only while its sources keep their bits."""
+        modules = self._modules
         if not_a_point is None:
-            not_a_point = self.not_a_point_embed.weight
-        like = coords if coords is not None else boxes
-        batch = like.shape[0]
+            not_a_point = module_tensor(modules["not_a_point_embed"], "weight")
         if coords is None:  # int32, as SAM-2 passes labels: box-only calls reuse the point variant
-            coords = like.new_empty((batch, 0, 2))
-            labels = torch.empty((batch, 0), device=like.device, dtype=torch.int32)
+            coords = boxes.new_empty((boxes.shape[0], 0, 2))
+            labels = torch.empty((boxes.shape[0], 0), device=boxes.device, dtype=torch.int32)
         elif labels.dtype == torch.bool:  # upstream reads bool labels as 0 / 1
             labels = labels.to(torch.uint8)
-        boxes = like.new_empty((batch, 0, 4)) if boxes is None else _boxes_bk4(boxes)
-        gaussian = module_tensor(self.pe_layer, "positional_encoding_gaussian_matrix")
-        point_rows = tuple(module_tensor(embed, "weight")
-                           for embed in self.point_embeddings._modules.values())
-        height, width = (int(size) for size in self.input_image_size)
-        use_triton = self._use_triton(out_dtype, not_a_point.device)
+        if boxes is not None:
+            boxes = _boxes_bk4(boxes)
+        gaussian = module_tensor(modules["pe_layer"], "positional_encoding_gaussian_matrix")
+        point_rows = [module_tensor(embed, "weight")
+                      for embed in modules["point_embeddings"]._modules.values()]
+        height, width = self.input_image_size
+        use_triton = ops.use_triton(self._backend_request, not_a_point.device, out_dtype)
         return ops.sparse_embed(coords, labels, boxes, pad, gaussian, point_rows, not_a_point,
-                                height, width, out_dtype, use_triton, self._derived)
+                                int(height), int(width), out_dtype, use_triton, self._derived,
+                                prompts_checked=True)
 
     def _check_device(self, name: str, value: Tensor, device: Optional[torch.device] = None) -> None:
         device = self.not_a_point_embed.weight.device if device is None else device
@@ -224,17 +286,22 @@ class PromptEncoder(nn.Module):
                 f"points must be a (coords, labels) pair of tensors, got {type(points).__name__}"
                 + (f" of length {len(points)}" if isinstance(points, (tuple, list)) else "")
             )
-        coords = _check_tensor("points[0] (coords)", points[0])
-        labels = _check_tensor("points[1] (labels)", points[1], allow_bool=True)
-        if coords.dim() != 3 or coords.shape[-1] != 2:
+        coords, labels = points
+        if (not (isinstance(coords, Tensor) and isinstance(labels, Tensor))
+                or coords.dtype in _NOT_REAL_OR_BOOL or labels.dtype in _NOT_REAL):
+            _check_tensor("points[0] (coords)", coords)  # raises, naming what is wrong
+            _check_tensor("points[1] (labels)", labels, allow_bool=True)
+        shape = coords.shape
+        if len(shape) != 3 or shape[2] != 2:
             raise ValueError(f"point coords must be [B, N, 2], got {_shape(coords)}")
-        if labels.shape != coords.shape[:2]:
+        if labels.shape != shape[:2]:
             raise ValueError(
                 f"point labels must be [B, N] = {_shape(coords)[:2]} to match coords "
                 f"{_shape(coords)}, got {_shape(labels)}"
             )
-        self._check_device("point coords", coords, device)
-        self._check_device("point labels", labels, device)
+        if device is None or coords.device != device or labels.device != device:
+            self._check_device("point coords", coords, device)
+            self._check_device("point labels", labels, device)
         return coords, labels
 
     def _check_boxes(self, boxes, device=None) -> Tensor:
@@ -254,8 +321,11 @@ class PromptEncoder(nn.Module):
         self._check_device("masks", masks, device)
         return masks
 
-    def _validate(self, points, boxes, masks, device=None) -> None:
-        """Check every input before any work; batch sizes of points, boxes and masks must agree."""
+    def _validate(self, points, boxes, masks, device=None) -> int:
+        """Check every input before any work; batch sizes of points, boxes and masks must agree.
+        -> that batch size (upstream's ``_get_batch_size``: 1 without inputs)."""
+        if boxes is None and masks is None:  # the usual call: points alone
+            return 1 if points is None else self._check_points(points, device)[0].shape[0]
         batches = []
         if points is not None:
             batches.append(("points", self._check_points(points, device)[0].shape[0]))
@@ -267,3 +337,4 @@ class PromptEncoder(nn.Module):
         if any(size != batches[0][1] for _, size in batches[1:]):
             sizes = ", ".join(f"{name} {size}" for name, size in batches)
             raise ValueError(f"points, boxes and masks must have the same batch size, got {sizes}")
+        return batches[0][1]

@@ -80,7 +80,8 @@ def gather_tokens(point_coords, point_labels, boxes, pad: bool, dtype: torch.dty
                 torch.constant_pad_nd(labels, (0, int(pad)), PAD_LABEL))
     corners = _as(boxes, dtype).reshape(batch, 2 * num_boxes, 2)
     coords = torch.cat([torch.constant_pad_nd(coords, (0, 0, 0, int(pad)), 0.0), corners], dim=1)
-    corner_labels = torch.tensor([2.0, 3.0], device=corners.device, dtype=dtype).repeat(num_boxes)
+    # labels 2, 3 per box, made on the device (no host-to-device copy: CUDA graphs capture it)
+    corner_labels = torch.arange(2, 4, device=corners.device, dtype=dtype).repeat(num_boxes)
     labels = torch.cat([torch.constant_pad_nd(labels.to(dtype), (0, int(pad)), PAD_LABEL),
                         corner_labels.expand(batch, 2 * num_boxes)], dim=1)
     return torch.constant_pad_nd(coords, (0, 1), 1.0), labels

@@ -69,11 +69,11 @@ class LaunchCounter:
 def backend(request, monkeypatch):
     """Each test using it runs on the PyTorch path and on the Triton path (interpreter, CPU)."""
     if request.param == "triton":
-        from sam2_prompt.kernels import dense, sparse
+        from sam2_prompt.kernels import dense, mask, sparse
 
         counter = LaunchCounter()
         for module, name in ((sparse, "sparse_embed_fwd"), (sparse, "sparse_embed_bwd"),
-                             (dense, "dense_pe")):
+                             (dense, "dense_pe"), (mask, "mask_embed_fwd")):
             monkeypatch.setattr(module, name, counter.wrap(module, name))
         request.node.launch_counter = counter
         yield "triton"

@@ -212,7 +212,7 @@ def test_every_option_has_help():
     parsers += [sub for action in parsers[0]._actions
                 if isinstance(action, argparse._SubParsersAction)
                 for sub in action.choices.values()]
-    assert len(parsers) == 4
+    assert len(parsers) == 5
     missing = [(p.prog, a.option_strings) for p in parsers for a in p._actions
                if a.option_strings and not a.help]
     assert not missing
@@ -235,6 +235,7 @@ sys.exit(code)
 
 @pytest.mark.parametrize("argv, code", [
     (["--help"], 0), (["run", "--help"], 0), (["sass", "--help"], 0), (["model", "--help"], 0),
+    (["host", "--help"], 0), (["host", "--arch", "sm_80,sm_90"], 2),
     (["run", "--bogus"], 2), (["run", "--backends", "fastest"], 2), (["model", "--batch", "x"], 2),
 ])
 def test_help_and_argument_errors_import_no_torch(argv, code):
@@ -259,7 +260,7 @@ def test_model_prints_a_labelled_model(tmp_path, capsys):
     assert cli.main(["model", "--gpu", "A100", "--batch", "64", "--points", "2",
                      "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "MODEL (not a measurement)" in out and "2.0 TB/s" in out
+    assert "MODEL (not a measurement)" in out and "2.039 TB/s" in out  # kernels/gpus.py's A100
     rows = {r["backend"]: r for r in json.loads(out_json.read_text())["results"]}
     assert set(rows) == {"upstream", "torch", "triton"}
     assert rows["triton"]["launches"] == 1 < rows["torch"]["launches"] < rows["upstream"]["launches"]
@@ -267,9 +268,56 @@ def test_model_prints_a_labelled_model(tmp_path, capsys):
     assert rows["upstream"]["alloc_x_output"] > 10 > 1.5 > rows["torch"]["alloc_x_output"]
 
 
+def test_one_source_of_gpu_figures():
+    """`model --gpu`, the bandwidth lookup of `run` and the static report read kernels/gpus.py;
+    `sass`'s default architectures are the report's (aot.DEFAULT_ARCHS, mirrored torch-free)."""
+    from sam2_prompt.bench import measure
+    from sam2_prompt.kernels import gpus
+
+    assert cli.GPUS is gpus.GPUS and {"A100", "H100", "H200"} <= set(cli.GPUS)
+    assert not hasattr(measure, "SPEC_BANDWIDTH")
+    assert gpus.bandwidth_for_device_name("NVIDIA H100 80GB HBM3") == gpus.GPUS["H100"].bytes_per_s
+    assert cli.parser().parse_args(["sass"]).arch == cli.SASS_ARCHS
+    if importlib.util.find_spec("triton") is not None:
+        from sam2_prompt.kernels import aot
+
+        assert cli.SASS_ARCHS == aot.DEFAULT_ARCHS
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="host needs Triton")
+@needs_upstream
+def test_host_subcommand(tmp_path, capsys):
+    """`host` under TRITON_INTERPRET (as the tests run) measures in a child process without it:
+    rows for every case and backend, the click's targets checked when asked."""
+    out_json = tmp_path / "h.json"
+    code = cli.main(["host", "--rounds", "1", "--json", str(out_json), "--check-targets"])
+    assert code in (0, 1)  # one round on a busy machine: the targets may or may not hold
+    payload = json.loads(out_json.read_text())
+    rows = payload["results"]
+    assert [(r["case"], r["backend"]) for r in rows] == [
+        (case, backend) for case in ("click", "64x1", "1024x4")
+        for backend in ("triton", "torch", "upstream")]
+    assert all(r["host_us"] > 0 and r["python_calls"] > 0 for r in rows)
+    assert payload["settings"]["arch"] == "sm_90" and MACHINE <= set(payload["machine"])
+
+
 def test_model_needs_tokens(capsys):
     assert cli.main(["model", "--points", "0", "--boxes", "0"]) == 2
-    assert "give --points or --boxes" in capsys.readouterr().err
+    assert "give --points, --boxes or --masks" in capsys.readouterr().err
+
+
+def test_model_covers_mask_batches(tmp_path, capsys):
+    """Mask prompts: Meta's conv stack counted op by op, the fused path one launch that reads
+    each mask pixel once and writes the dense output once."""
+    out_json = tmp_path / "m.json"
+    assert cli.main(["model", "--batch", "2", "--points", "0", "--masks", "--embed-dim", "256",
+                     "--json", str(out_json)]) == 0
+    rows = {r["backend"]: r for r in json.loads(out_json.read_text())["results"]}
+    dense = 2 * 256 * 64 * 64 * 4
+    assert rows["triton"]["launches"] == 1 and rows["triton"]["written_bytes"] == dense
+    assert rows["triton"]["read_bytes"] == 2 * 256 * 256 * 4
+    assert rows["upstream"]["launches"] > 5 and rows["upstream"]["written_bytes"] > 2 * dense
+    assert rows["torch"]["alloc_x_output"] < 1.2 < rows["upstream"]["alloc_x_output"]
 
 
 # The CLI's sass command end to end, compiling one variant (the main sparse kernel) rather than

@@ -1,0 +1,135 @@
+"""The mask path on the CPU: Meta's ``mask_downscaling`` against ``sam2_prompt.masks``, one run.
+
+    python -m sam2_prompt.bench.bench_masks [--batch 64] [--grid 64] [--threads 1]
+                                            [--rounds 3] [--json PATH]
+
+One process, ``torch.set_num_threads(--threads)`` (1 by default), ``torch.inference_mode()``,
+the same seeded weights for every path (Meta's module, N(0, 1) parameters); every path is first
+checked against Meta's output (max abs difference printed); "output first touch" (allocating
+the output and writing it once) is the floor of any path returning a fresh output. Times: ``torch.utils.benchmark``
+blocked_autorange (bench/measure.py ``time_call``), the paths interleaved over ``--rounds``
+rounds so that a noisy machine slows all of them alike; the speedup is the median of the
+per-round ratios. Bytes allocated per call: torch.profiler's allocation events
+(``bytes_allocated``). Launches and bytes read / written: one kernel per aten compute op
+(``traffic``); the fused kernel's row is its model (``kernels.mask.fused_traffic``).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+
+import torch
+
+from sam2_prompt import masks as mask_path
+from sam2_prompt.bench import measure
+
+EMBED_DIM, MASK_CHANS, EPS = 256, 16, 1e-6
+
+
+def seeded_meta(embed_dim: int, grid: int, mask_chans: int):
+    from sam2.modeling.sam.prompt_encoder import PromptEncoder as MetaPromptEncoder
+
+    torch.manual_seed(0)
+    meta = MetaPromptEncoder(embed_dim, (grid, grid), (16 * grid, 16 * grid), mask_chans)
+    with torch.no_grad():
+        for param in meta.parameters():
+            torch.nn.init.normal_(param)
+    return meta.eval()
+
+
+def mask_weights(meta) -> tuple:
+    """Meta's mask_downscaling parameters in the mask functions' order, detached."""
+    seq = meta.mask_downscaling
+    return tuple(p.detach() for p in (seq[0].weight, seq[0].bias, seq[1].weight, seq[1].bias,
+                                      seq[3].weight, seq[3].bias, seq[4].weight, seq[4].bias,
+                                      seq[6].weight, seq[6].bias))
+
+
+def paths(meta, out_shape):
+    weights = mask_weights(meta)
+    return {
+        # the floor of any path returning a fresh output: allocating it and touching every page
+        "output first touch": lambda m: torch.empty(out_shape).fill_(0.0),
+        "meta mask_downscaling": meta.mask_downscaling,
+        "ours mask_embed_fast": lambda m: mask_path.mask_embed_fast(m, *weights, EPS, EPS,
+                                                                    torch.float32),
+        "ours mask_embed_reference": lambda m: mask_path.mask_embed_reference(
+            m, *weights, EPS, EPS, torch.float32),
+    }
+
+
+def run(batch: int, grid: int, threads: int, rounds: int, min_run_time: float) -> dict:
+    torch.set_num_threads(threads)
+    meta = seeded_meta(EMBED_DIM, grid, MASK_CHANS)
+    masks = torch.randn(batch, 1, 4 * grid, 4 * grid, generator=torch.Generator().manual_seed(1))
+    out_bytes = batch * EMBED_DIM * grid * grid * 4
+    rows = {}
+    with torch.inference_mode():
+        expected = meta.mask_downscaling(masks)
+        out_shape = (batch, EMBED_DIM, grid, grid)
+        for name, fn in paths(meta, out_shape).items():
+            traffic = measure.traffic(fn, (masks,))
+            alloc = measure.bytes_allocated(fn, (masks,), "cpu")["bytes_allocated"]
+            diff = (fn(masks) - expected).abs().max().item() if "first" not in name else None
+            rows[name] = {"path": name, "max_abs_diff": diff, "bytes_allocated": alloc,
+                          "alloc_over_output": alloc / out_bytes if out_bytes else None,
+                          "launches": traffic["launches"], "read_bytes": traffic["read_bytes"],
+                          "written_bytes": traffic["written_bytes"], "medians_ms": []}
+        for _ in range(rounds):
+            for name, fn in paths(meta, out_shape).items():
+                timing = measure.time_call(fn, (masks,), "cpu", out_bytes,
+                                           min_run_time=min_run_time, threads=threads)
+                rows[name]["medians_ms"].append(timing["median_s"] * 1e3)
+    meta_ms = rows["meta mask_downscaling"]["medians_ms"]
+    for row in rows.values():
+        row["median_ms"] = statistics.median(row["medians_ms"])
+        ratios = [m / t for m, t in zip(meta_ms, row["medians_ms"])]
+        row["speedup_vs_meta"] = statistics.median(ratios)
+    try:
+        from sam2_prompt.kernels.mask import fused_traffic
+    except ModuleNotFoundError:  # no Triton: no model row
+        pass
+    else:
+        rows["fused kernel (model)"] = {"path": "fused kernel (model)", **fused_traffic(
+            batch, 4 * grid, 4 * grid, EMBED_DIM, MASK_CHANS, torch.float32, torch.float32)}
+    return {"batch": batch, "grid": grid, "threads": threads, "rounds": rounds,
+            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "output_bytes": out_bytes, "rows": list(rows.values())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--grid", type=int, default=64, help="embedding grid side (masks: 4x)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    result = run(args.batch, args.grid, args.threads, args.rounds, args.min_run_time)
+    side = 4 * args.grid
+    print(f"# {args.batch} masks of {side}x{side}, C={EMBED_DIM}, c={MASK_CHANS}, "
+          f"{args.threads} thread(s), torch {result['torch']}, {result['machine']}; "
+          f"output {result['output_bytes'] / 1e6:.1f} MB")
+    for r in result["rows"]:
+        line = f"{r['path']:27s}"
+        if "median_ms" in r:
+            rounds = ", ".join(f"{t:.1f}" for t in r["medians_ms"])
+            line += (f" {r['median_ms']:8.1f} ms (rounds: {rounds})  x{r['speedup_vs_meta']:.2f}"
+                     f" vs Meta  alloc {r['bytes_allocated'] / 1e6:7.1f} MB"
+                     f" ({r['alloc_over_output']:.3f}x out)")
+            if r["max_abs_diff"] is not None:
+                line += f"  max|diff| {r['max_abs_diff']:.1e}"
+        line += (f"  launches {r['launches']:4d}  read {r['read_bytes'] / 1e6:7.1f} MB"
+                 f"  written {r['written_bytes'] / 1e6:7.1f} MB")
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
