@@ -476,18 +476,25 @@ def module_twins(upstream, backend, activation=torch.nn.GELU, embed_dim=32, grid
     return theirs, ours
 
 
-def test_module_runs_the_mask_op(upstream, backend, monkeypatch):
-    """The module's mask path is one op (the fused kernel on the Triton path) with Meta's result,
-    channels_last masks included."""
-    calls = []
-    original = mask_path._mask_embed
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_module_runs_the_mask_op(upstream, backend, monkeypatch, size):
+    """The module's mask path is one op with Meta's result (channels_last masks included): the
+    fused kernel on the Triton path; on the PyTorch path the fast path for large outputs, the
+    reference's ops for small ones (the threshold lowered here to keep the test small)."""
+    calls, fast = [], []
+    original, original_fast = mask_path._mask_embed, mask_path.mask_embed_fast
     monkeypatch.setattr(mask_path, "_mask_embed", lambda *a: calls.append(a[-1]) or original(*a))
+    monkeypatch.setattr(mask_path, "mask_embed_fast",
+                        lambda *a: fast.append(1) or original_fast(*a))
+    if size == "large":
+        monkeypatch.setattr(mask_path, "FAST_PATH_MIN_OUTPUTS", 1)
     theirs, ours = module_twins(upstream, backend)
     masks = random_masks(5, 16, 24).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         want, got = theirs(None, None, masks)[1], ours(None, None, masks)[1]
     torch.testing.assert_close(got, want, atol=FP32_ATOL, rtol=0)
     assert calls == [backend == "triton"]
+    assert len(fast) == (backend == "torch" and size == "large")
 
 
 @pytest.mark.parametrize("change", ["ReLU", "tanh GELU", "forward hook", "replaced layer"])
