@@ -102,8 +102,6 @@ def python_calls(fn: Callable[[], object]) -> int:
 
 def _modules():
     """{backend: module} with one seeded state dict (Meta's module when sam2 is installed)."""
-    import torch
-
     from sam2_prompt import PromptEncoder
 
     from . import cases as bench_cases

@@ -28,6 +28,22 @@ def twins(upstream_cls, embed_dim=EMBED, emb_size=EMB_SIZE, image=IMAGE, backend
     return theirs, ours
 
 
+SAM2_TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"  # Meta's smallest model: the end-to-end tests'
+
+
+def sam2_tiny():
+    """Meta's SAM2Base (sam2.1 hiera-t, random weights, eval, CPU) with learned prompt embeddings
+    that are not all alike (N(0, 1))."""
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2(SAM2_TINY, ckpt_path=None, device="cpu", mode="eval")
+    with torch.no_grad():
+        for param in model.sam_prompt_encoder.parameters():
+            param.normal_()
+    return model
+
+
 def random_points(batch, num, image=IMAGE, labels=(-1, 0, 1, 2, 3), seed=0, margin=0.0):
     gen = torch.Generator().manual_seed(seed)
     h, w = image

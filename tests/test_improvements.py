@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import EMBED, IMAGE, MASK_CHANS, assert_close, random_boxes, random_points, twins
+from helpers import EMBED, MASK_CHANS, assert_close, random_boxes, random_points, twins
 from sam2_prompt import PromptEncoder
 
 

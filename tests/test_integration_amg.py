@@ -13,8 +13,8 @@ import torch
 
 from sam2_prompt import PromptEncoder, replace_prompt_encoder, restore_prompt_encoder
 import torchvision_standin
+from helpers import sam2_tiny
 
-CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 POINTS_PER_SIDE = {"torch": 2, "triton": 1}  # 4 and 1 prompts, 3 masks each, then m2m refinement
 
 
@@ -43,13 +43,7 @@ def memoized(forward_image):
 
 @pytest.fixture(scope="module")
 def model(upstream):
-    from sam2.build_sam import build_sam2
-
-    torch.manual_seed(0)
-    sam2 = build_sam2(CONFIG, ckpt_path=None, device="cpu", mode="eval")
-    with torch.no_grad():  # learned prompt embeddings that are not all alike
-        for param in sam2.sam_prompt_encoder.parameters():
-            param.normal_()
+    sam2 = sam2_tiny()
     sam2.forward_image = memoized(sam2.forward_image)
     return sam2
 

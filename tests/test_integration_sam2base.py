@@ -12,22 +12,15 @@ import torch
 from torch import nn
 
 import torchvision_standin
+from helpers import sam2_tiny
 from sam2_prompt import (PromptEncoder, replace_prompt_encoder, restore_prompt_encoder,
                          swapped_prompt_encoder)
 
-CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 
 @pytest.fixture(scope="module")
 def sam2_model(upstream):
-    from sam2.build_sam import build_sam2
-
-    torch.manual_seed(0)
-    model = build_sam2(CONFIG, ckpt_path=None, device="cpu", mode="eval")
-    with torch.no_grad():  # learned prompt embeddings that are not all alike
-        for param in model.sam_prompt_encoder.parameters():
-            param.normal_()
-    return model
+    return sam2_tiny()
 
 
 @pytest.fixture(scope="module")
