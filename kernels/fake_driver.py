@@ -167,7 +167,7 @@ def compare_launch_paths(calls: int = 1000, rounds: int = 7, capability: int = 9
     """Host time per launch of the sparse forward for one click, under the fake driver:
     ``kernel[grid](...)`` (JITFunction.run) against ``lean_launch.launch``, the whole validating
     launcher (``sparse_embed_fwd``: checks, allocation, launch) with each, and the op layer's
-    eager entry (``eager=True, checked=True``: a quick test of the weights, a planned launch).
+    eager entry (``launch_checked``: a quick test of the weights, a planned launch).
     Rounds alternate between the paths, so that a busy machine slows them alike; microseconds,
     best round."""
     import torch
@@ -195,8 +195,8 @@ def compare_launch_paths(calls: int = 1000, rounds: int = 7, capability: int = 9
         "sparse_embed_fwd, kernel[grid]":
             lambda: through(lambda k, g, *a, **kw: k[g](*a, **kw)),
         "sparse_embed_fwd, lean launch": lambda: through(lean_launch.launch),
-        "sparse_embed_fwd, eager checked": lambda: sparse.sparse_embed_fwd(
-            *click, eager=True, checked=True),
+        "launch_checked": lambda: sparse.launch_checked(
+            *click[:5], (click[5],), *click[6:]),
     }
     best = dict.fromkeys(paths, float("inf"))
     with fake_cuda_driver(capability):

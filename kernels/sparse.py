@@ -217,7 +217,8 @@ def encode_chunks(out_row, row_ptr, lo_keep, hi_keep, row_ok, live, xc, yc, cos_
 
 @triton.jit(do_not_specialize=[
     "coords_sb", "coords_sn", "coords_sd", "labels_sb", "labels_sn", "boxes_sb", "boxes_sk",
-    "boxes_sd", "rows", "tokens", "tokens_magic", "tokens_shift", "num_points", "pad",
+    "boxes_sd", "row1_at", "row2_at", "row3_at", "rows", "tokens", "tokens_magic",
+    "tokens_shift", "num_points", "pad",
 ], do_not_specialize_on_alignment=["coords_ptr", "labels_ptr", "boxes_ptr"])
 def _sparse_embed_fwd_kernel(
     out_ptr,  # [B * T, C] contiguous, OUT_DTYPE
@@ -225,8 +226,8 @@ def _sparse_embed_fwd_kernel(
     labels_ptr, labels_sb, labels_sn,  # point_labels [B, N]
     boxes_ptr, boxes_sb, boxes_sk, boxes_sd,  # boxes [B, K, 4]
     gauss_ptr, gauss_s0, gauss_s1,  # gaussian [2, F]
-    table_ptr, table_s0,  # point_table [4, C], unit column stride
-    nap_ptr,  # not_a_point [1, C], unit column stride, same dtype as the table
+    table_ptr, row1_at, row2_at, row3_at,  # point_table rows: row k at table_ptr + row<k>_at
+    nap_ptr,  # not_a_point [1, C]; rows with unit column stride, all of one dtype
     rows, tokens, tokens_magic, tokens_shift, num_points, pad,  # rows = B * T, T = N + pad + 2 K
     x_shift, y_shift, half_w, half_h, inv_half_w, inv_half_h,  # fp32 image constants
     C: tl.constexpr, SPAN: tl.constexpr, CHUNKS: tl.constexpr, CHUNKS_B: tl.constexpr,
@@ -273,7 +274,10 @@ def _sparse_embed_fwd_kernel(
         xc = tl.where(is_pad, 0.0, x + x_shift)
         yc = tl.where(is_pad, 0.0, y + y_shift)
         cos_at_zero = tl.where(is_pad, 0.0, 1.0)
-        row_ptr = tl.where(is_pad, nap_ptr, table_ptr + table_row * table_s0)
+        row_at = tl.where(table_row == 1, row1_at, 0)
+        row_at = tl.where(table_row == 2, row2_at, row_at)
+        row_at = tl.where(table_row == 3, row3_at, row_at)
+        row_ptr = tl.where(is_pad, nap_ptr, table_ptr + row_at)
         if ALIGNED:  # both rows start 16-byte aligned (checked by the launcher): vector loads
             row_ptr = tl.multiple_of(row_ptr, [16, 16, 16])
         row_ok = in_table | is_pad
@@ -622,7 +626,6 @@ def sparse_embed_fwd(
     out_dtype: torch.dtype,
     *,
     eager: bool = False,
-    checked: bool = False,
 ) -> torch.Tensor:
     """Sparse prompt embedding in one launch.
 
@@ -630,22 +633,12 @@ def sparse_embed_fwd(
     dtypes and strides; gaussian: [2, F]; point_table: [4, C]; not_a_point: [1, C] (C = 2F)
     -> [B, N + pad + 2K, C] in out_dtype (fp32, bf16 or fp16), computed in fp32, rounded once.
 
-    For the op layer (``sam2_prompt.ops``), never needed by direct callers:
-
-    - ``eager``: a plain eager call (``ops.route`` said EAGER: no tracing, no functorch
-      transform). The launch goes through ``lean_launch`` (the cached binary, launched directly)
-      rather than ``wrap_triton``, which only tracers need.
-    - ``checked`` (with ``eager``): the caller validated the prompts as the modules do (shapes
-      above, real dtypes, on not_a_point's device); ``boxes`` may be None (no boxes, K = 0).
-      They are not checked again, and the launch is planned (:func:`_launch_checked`); the
-      weights and sizes get one quick test, and anything it does not expect takes the full
-      validation below.
+    ``eager`` (for the op layer, ``sam2_prompt.ops``): a plain eager call (``ops.route`` said
+    EAGER: no tracing, no functorch transform). The launch goes through ``lean_launch`` (the
+    cached binary, launched directly) rather than ``wrap_triton``, which only tracers need.
+    Prompts validated by a module take :func:`launch_checked` instead, which checks only the
+    weights and plans the launch.
     """
-    if checked and eager:
-        out = _launch_checked(point_coords, point_labels, boxes, pad, gaussian, point_table,
-                              not_a_point, image_h, image_w, out_dtype)
-        if out is not None:
-            return out
     if boxes is None:
         boxes = point_coords.new_empty((point_coords.shape[0], 0, 4))
     point_table, not_a_point = _checked_sparse_fwd_args(
@@ -664,7 +657,7 @@ def sparse_embed_fwd(
         _wide_offsets(out.numel(), point_coords, point_labels, boxes))
     args = (out, point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
             boxes, *boxes.stride(), gaussian, *gaussian.stride(), point_table,
-            point_table.stride(0), not_a_point, rows, tokens, magic, shift, num_points, int(pad),
+            *_row_offsets(point_table.stride(0)), not_a_point, rows, tokens, magic, shift, num_points, int(pad),
             *image_constants(image_h, image_w))
     grid = (-(-rows // tokens_per_program),)  # cdiv (triton.cdiv is slow in host code)
     if eager:
@@ -675,60 +668,107 @@ def sparse_embed_fwd(
     return out
 
 
-def _launch_checked(point_coords, point_labels, boxes, pad, gaussian, point_table, not_a_point,
-                    image_h, image_w, out_dtype) -> Optional[torch.Tensor]:
-    """:func:`sparse_embed_fwd` for ``eager`` and ``checked`` calls, each attribute read once
-    -> the output, or None (nothing launched) unless the weights are as the module keeps them
-    and the kernel reads them: point_table [4, C] and not_a_point [1, C] of one fp32/bf16/fp16
-    dtype with unit column stride, gaussian [2, C / 2] in fp32/bf16/fp16, all on not_a_point's
-    device; positive image sizes, 1 to _MAX_ROWS - 1 token rows, an fp32/bf16/fp16 output.
+def launch_checked(point_coords, point_labels, boxes, pad, gaussian, point_rows, not_a_point,
+                   image_h, image_w, out_dtype) -> Optional[torch.Tensor]:
+    """The planned eager launch for prompts the caller validated as the modules do (shapes, real
+    dtypes, on not_a_point's device; boxes: [B, K, 4] or None for K = 0), each attribute read
+    once -> the output, or None (nothing launched) unless the weights are as a module keeps
+    them: point_rows, the point table as one [4, C] tensor or SAM-2's four [1, C] embedding
+    rows (read where they are: no stacking copy), and not_a_point [1, C], all of one
+    fp32/bf16/fp16 dtype with unit column stride, rows within 2^31 elements of row 0;
+    gaussian [2, C / 2] in fp32/bf16/fp16; all on not_a_point's device; positive image sizes,
+    1 to _MAX_ROWS - 1 token rows, an fp32/bf16/fp16 output.
 
     The launch is planned (``lean_launch.launch_planned``): the plan below names everything
     the binary depends on (see _FWD_PLAN_*)."""
-    table_shape, table_stride = point_table.shape, point_table.stride()
-    gauss_stride, dtype, device = gaussian.stride(), point_table.dtype, not_a_point.device
+    nap_shape, dtype, device = not_a_point.shape, not_a_point.dtype, not_a_point.device
+    gauss_stride = gaussian.stride()
     batch, num_points = point_labels.shape
     num_boxes = 0 if boxes is None else boxes.shape[1]
     tokens = num_points + (1 if pad else 0) + 2 * num_boxes
     rows = batch * tokens
-    if len(table_shape) != 2:
+    size = _OUT_BYTES.get(dtype)
+    if len(nap_shape) != 2 or size is None:
         return None
-    channels = table_shape[1]
-    if not (table_shape[0] == 4 and channels > 0 and channels % 2 == 0 and 0 < rows < _MAX_ROWS
-            and image_h > 0 and image_w > 0 and not_a_point.shape == (1, channels)
-            and gaussian.shape == (2, channels // 2) and table_stride[1] == 1
-            and not_a_point.stride(1) == 1 and dtype in _OUT_BYTES
-            and not_a_point.dtype == dtype and gaussian.dtype in _OUT_BYTES
-            and out_dtype in _OUT_BYTES and point_table.device == device
-            and gaussian.device == device):
+    channels = nap_shape[1]
+    if not (nap_shape[0] == 1 and channels > 0 and channels % 2 == 0 and 0 < rows < _MAX_ROWS
+            and image_h > 0 and image_w > 0 and gaussian.shape == (2, channels // 2)
+            and not_a_point.is_contiguous() and gaussian.dtype in _OUT_BYTES
+            and out_dtype in _OUT_BYTES and gaussian.device == device):
         return None
+    table = _table_rows(point_rows, nap_shape, dtype, device, size)
+    if table is None:
+        return None
+    row0, table_at, row_offsets, rows_at = table
     out = torch.empty(batch, tokens, channels, device=device, dtype=out_dtype)  # (ints: faster)
     coords_stride, labels_stride = point_coords.stride(), point_labels.stride()
     if boxes is None:  # K = 0: the boxes pointer is never read; the coordinates stand in for it
         boxes_or_coords, box_stride = point_coords, (0, 0, 0)  # (the empty boxes' dtype)
     else:
         boxes_or_coords, box_stride = boxes, boxes.stride()
-    wide = rows * channels > _INT32_MAX or _prompt_reach(
-        batch, num_points, num_boxes, coords_stride, labels_stride, box_stride) > _INT32_MAX
-    table_at, nap_at, gauss_at = point_table.data_ptr(), not_a_point.data_ptr(), gaussian.data_ptr()
-    # _aligned_rows's rule for these three (unit column strides of the table rows checked above)
-    aligned = gauss_stride[1] == 1 and not ((table_at | nap_at | gauss_at
-                                             | table_stride[0] * _OUT_BYTES[dtype]
+    widest = max(*coords_stride, *labels_stride, *box_stride)
+    # _prompt_reach is at most (B + N + K + 3) times the widest stride: skip it when that fits
+    wide = rows * channels > _INT32_MAX or (
+        (batch + num_points + num_boxes + 3) * widest > _INT32_MAX
+        and _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride,
+                          box_stride) > _INT32_MAX)
+    nap_at, gauss_at = not_a_point.data_ptr(), gaussian.data_ptr()
+    # _aligned_rows's rule for every row and the Gaussian (the rows' unit column strides checked)
+    aligned = gauss_stride[1] == 1 and not ((rows_at | nap_at | gauss_at
                                              | gauss_stride[0] * _OUT_BYTES[gaussian.dtype]) & 15)
     constexprs, tokens_per_program = _fwd_constexprs(channels, out_dtype, aligned, True, wide)
     plan = None
-    if max(*coords_stride, *labels_stride, *box_stride) <= _INT32_MAX:
-        plan = (channels, out_dtype, wide, out.data_ptr() & 15, point_coords.dtype,
+    if widest <= _INT32_MAX:
+        plan = (channels, out_dtype, wide, aligned, out.data_ptr() & 15, point_coords.dtype,
                 point_labels.dtype, boxes_or_coords.dtype, gaussian.dtype, gauss_stride,
-                gauss_at & 15, dtype, table_stride[0], table_at & 15, nap_at & 15)
+                gauss_at & 15, dtype, table_at & 15, nap_at & 15)
     lean_launch.launch_planned(
         _sparse_embed_fwd_kernel, (-(-rows // tokens_per_program),), plan,
         (out, point_coords, *coords_stride, point_labels, *labels_stride, boxes_or_coords,
-         *box_stride, gaussian, *gauss_stride, point_table, table_stride[0], not_a_point, rows,
-         tokens, *divisor_magic(tokens), num_points, 1 if pad else 0,
-         *image_constants(image_h, image_w), *constexprs.values()),
+         *box_stride, gaussian, *gauss_stride, row0, *row_offsets, not_a_point, rows, tokens,
+         *divisor_magic(tokens), num_points, 1 if pad else 0,
+         *_eager_image_constants(image_h, image_w), *constexprs.values()),
         _FWD_OPTIONS)
     return out
+
+
+def _table_rows(point_rows, nap_shape, dtype, device, size):
+    """The point table as the kernel reads it: (row 0's tensor, its address, the element offsets
+    of rows 1..3 from row 0, the OR of the four rows' addresses) for a [4, C] table or four
+    [1, C] rows shaped, typed and placed as not_a_point, with unit column strides and offsets
+    that are whole elements within int32; else None."""
+    if len(point_rows) == 1:
+        table = point_rows[0]
+        if table.shape != (4, nap_shape[1]) or table.dtype != dtype or table.device != device:
+            return None
+        step, unit = table.stride()
+        if unit != 1 or not -_INT32_MAX <= 3 * step <= _INT32_MAX:
+            return None
+        at = table.data_ptr()
+        return table, at, (step, 2 * step, 3 * step), at | (step * size)
+    if len(point_rows) != 4:
+        return None
+    for row in point_rows:  # [1, C] and contiguous: unit column stride
+        if (row.shape != nap_shape or not row.is_contiguous() or row.dtype is not dtype
+                or row.device != device):
+            return None
+    row0, row1, row2, row3 = point_rows
+    at = row0.data_ptr()
+    apart = (row1.data_ptr() - at, row2.data_ptr() - at, row3.data_ptr() - at)
+    if (apart[0] | apart[1] | apart[2]) % size:
+        return None
+    offsets = (apart[0] // size, apart[1] // size, apart[2] // size)
+    if not (-_INT32_MAX <= min(offsets) and max(offsets) <= _INT32_MAX):
+        return None
+    return row0, at, offsets, at | apart[0] | apart[1] | apart[2]
+
+
+# image_constants for the eager path's ints (traced calls may pass symbolic sizes: uncached)
+_eager_image_constants = functools.lru_cache(maxsize=256)(image_constants)
+
+
+def _row_offsets(stride: int):
+    return stride, 2 * stride, 3 * stride
 
 
 def _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride, box_stride) -> int:
@@ -746,7 +786,7 @@ def _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride, bo
     return reach
 
 
-# The forward's launch plan (_launch_checked): what Triton specialises each of the kernel's
+# The forward's launch plan (launch_checked): what Triton specialises each of the kernel's
 # parameters on, given the launcher's checks and that every stride of the prompts fits int32:
 # the output, Gaussian, table and not_a_point pointers (dtype, address mod 16); the prompts'
 # pointers (dtype only: not specialised on alignment); the Gaussian's and table's strides (by
@@ -757,7 +797,8 @@ def _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride, bo
 _FWD_OPTIONS = {"num_warps": NUM_WARPS}
 _FWD_PLAN_UNSPECIALISED = {
     "coords_sb", "coords_sn", "coords_sd", "labels_sb", "labels_sn", "boxes_sb", "boxes_sk",
-    "boxes_sd", "rows", "tokens", "tokens_magic", "tokens_shift", "num_points", "pad"}
+    "boxes_sd", "row1_at", "row2_at", "row3_at", "rows", "tokens", "tokens_magic",
+    "tokens_shift", "num_points", "pad"}
 _FWD_PLAN_ANY_ALIGNMENT = {"coords_ptr", "labels_ptr", "boxes_ptr"}
 
 
@@ -768,9 +809,9 @@ def _check_fwd_plan(kernel) -> None:
     any_alignment = {param.name for param in kernel.params
                      if param.do_not_specialize_on_alignment}
     if (unspecialised != _FWD_PLAN_UNSPECIALISED or any_alignment != _FWD_PLAN_ANY_ALIGNMENT
-            or len(names) != 41 or names[30] != "C"):
+            or len(names) != 43 or names[32] != "C"):
         raise RuntimeError("_sparse_embed_fwd_kernel's parameters changed: update its launch "
-                           "plan (_launch_checked, _FWD_PLAN_*)")
+                           "plan (launch_checked, _FWD_PLAN_*)")
 
 
 if not interpreting(_sparse_embed_fwd_kernel):  # the interpreter never plans (nor launches lean)
@@ -803,14 +844,16 @@ def _checked_sparse_fwd_args(point_coords, point_labels, boxes, pad, gaussian, p
 
 
 @functools.lru_cache(maxsize=256)  # shapes and dtypes only (never weights): computed once each
+@functools.lru_cache(maxsize=256)  # a pure function of a few hashables, on every launch
 def _fwd_constexprs(channels, out_dtype, aligned, fast_div, wide):
-    """The forward kernel's constexprs (a dict in parameter order) and token rows per program."""
+    """The forward kernel's constexprs (a dict in parameter order; shared: never mutated) and
+    token rows per program."""
     span, chunks, chunks_b, block_t = tile_config(int(channels), _OUT_BYTES[out_dtype])
     constexprs = dict(C=channels, SPAN=span, CHUNKS=chunks, CHUNKS_B=chunks_b, BLOCK_T=block_t,
                       REPS=REPS, ALIGNED=aligned, FAST_DIV=fast_div, WIDE=wide,
                       OUT_DTYPE=_OUT_DTYPES[out_dtype],
                       INTERPRET=interpreting(_sparse_embed_fwd_kernel))
-    return constexprs, block_t * REPS  # a dict: `**` of a dict is fast (callers never mutate it)
+    return constexprs, block_t * REPS
 
 
 BWD_BLOCKS_PER_PROGRAM = 8  # several token blocks per program amortise its slopes and sums

@@ -311,10 +311,15 @@ def sparse_embed(
     point_rows = (point_table,) if isinstance(point_table, Tensor) else point_table
     path = route(gaussian, point_coords, boxes, not_a_point, *point_rows)
     if path == EAGER and use_triton:
+        kernels = _kernels()[0]
+        if prompts_checked:  # the planned launch (rows read in place), or None: unusual weights
+            out = kernels.launch_checked(point_coords, point_labels, boxes, pad, gaussian,
+                                         point_rows, not_a_point, image_h, image_w, out_dtype)
+            if out is not None:
+                return out
         table = point_rows[0] if len(point_rows) == 1 else torch.cat(point_rows)
-        return _kernels()[0].sparse_embed_fwd(
-            point_coords, point_labels, boxes, pad, gaussian, table, not_a_point, image_h,
-            image_w, out_dtype, eager=True, checked=prompts_checked)
+        return kernels.sparse_embed_fwd(point_coords, point_labels, boxes, pad, gaussian, table,
+                                        not_a_point, image_h, image_w, out_dtype, eager=True)
     if boxes is None:
         boxes = point_coords.new_empty((point_coords.shape[0], 0, 4))
     if path == EAGER and derived is not None:  # the PyTorch path

@@ -72,7 +72,8 @@ def backend(request, monkeypatch):
         from sam2_prompt.kernels import dense, mask, sparse
 
         counter = LaunchCounter()
-        for module, name in ((sparse, "sparse_embed_fwd"), (sparse, "sparse_embed_bwd"),
+        for module, name in ((sparse, "sparse_embed_fwd"), (sparse, "launch_checked"),
+                             (sparse, "sparse_embed_bwd"),
                              (dense, "dense_pe"), (mask, "mask_embed_fwd")):
             monkeypatch.setattr(module, name, counter.wrap(module, name))
         request.node.launch_counter = counter

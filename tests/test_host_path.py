@@ -222,6 +222,47 @@ def test_checked_path_with_weights_on_unaligned_bases(upstream, monkeypatch, dty
 
 @pytest.mark.skipif(not sparse.interpreting(sparse._sparse_embed_fwd_kernel),
                     reason="runs the kernels under TRITON_INTERPRET=1 (see conftest.py)")
+def test_checked_path_reads_the_point_rows_in_place(upstream, monkeypatch):
+    """The four point-embedding rows are read where they lie (row 0 and the element offsets of
+    rows 1..3): no stacking copy, for rows wherever the allocator put them and for rows off 16
+    bytes (the unaligned variant); the result is the PyTorch path's. Rows the launch cannot
+    address (another dtype, or more than 2^31 elements apart) are stacked first."""
+    _, model = twins(upstream[0], EMBED, EMB, IMAGE, backend="triton")
+    _, reference = twins(upstream[0], EMBED, EMB, IMAGE, backend="torch")
+    points, boxes = random_points(3, 4, image=IMAGE), random_boxes(3, image=IMAGE)
+    calls = _spy_constexprs(monkeypatch)
+    cat, stacked = torch.cat, []
+
+    def counting_cat(*args, **kwargs):
+        stacked.append(1)
+        return cat(*args, **kwargs)
+
+    def check(stacks: bool):
+        with torch.no_grad():
+            want = reference(points, boxes, None)[0]
+            stacked.clear()
+            torch.testing.assert_close(model(points, boxes, None)[0], want, atol=2e-5, rtol=0)
+        assert bool(stacked) == stacks
+
+    monkeypatch.setattr(torch, "cat", counting_cat)
+    check(stacks=False)  # the rows as the module allocated them
+    # rows 1 element (4 bytes) apart from 16-byte boundaries, in reverse order in one buffer
+    buffer = torch.zeros(4 * (EMBED + 4) + 1)
+    for k, embed in enumerate(model.point_embeddings):
+        at = 1 + (3 - k) * (EMBED + 4)
+        buffer[at:at + EMBED] = embed.weight.detach()[0]
+        embed.weight = torch.nn.Parameter(buffer[at:at + EMBED].view(1, EMBED))
+    assert model.point_embeddings[0].weight.data_ptr() % 16 == 4
+    check(stacks=False)
+    assert calls[-1][2] is False  # ALIGNED
+    for encoder in (model, reference):  # fp64 row 1: upstream's sum promotes, we stack first
+        encoder.point_embeddings[1].weight = torch.nn.Parameter(
+            encoder.point_embeddings[1].weight.detach().double())
+    check(stacks=True)
+
+
+@pytest.mark.skipif(not sparse.interpreting(sparse._sparse_embed_fwd_kernel),
+                    reason="runs the kernels under TRITON_INTERPRET=1 (see conftest.py)")
 def test_checked_path_falls_back_to_the_full_validation(upstream):
     """Weights the quick test does not expect take the validating launcher: strided rows are
     copied (same results as the PyTorch path), a Gaussian of the wrong width is a clear error."""
@@ -241,7 +282,7 @@ def test_checked_path_falls_back_to_the_full_validation(upstream):
 
 
 def test_prompt_reach_is_the_wide_offsets_rule():
-    """_launch_checked's int64 decision from sizes and strides it already read equals
+    """launch_checked's int64 decision from sizes and strides it already read equals
     _wide_offsets's on the tensors (meta tensors: any strides, no memory)."""
     gen = torch.Generator().manual_seed(0)
     for _ in range(300):
