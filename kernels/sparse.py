@@ -278,7 +278,7 @@ def _sparse_embed_fwd_kernel(
         row_at = tl.where(table_row == 2, row2_at, row_at)
         row_at = tl.where(table_row == 3, row3_at, row_at)
         row_ptr = tl.where(is_pad, nap_ptr, table_ptr + row_at)
-        if ALIGNED:  # both rows start 16-byte aligned (checked by the launcher): vector loads
+        if ALIGNED:  # every row starts 16-byte aligned (checked by the launcher): vector loads
             row_ptr = tl.multiple_of(row_ptr, [16, 16, 16])
         row_ok = in_table | is_pad
         lo_keep = row_ok.to(tl.uint32) << 16  # 0x10000 keeps a bf16 word's low half, 0 drops it
@@ -657,8 +657,8 @@ def sparse_embed_fwd(
         _wide_offsets(out.numel(), point_coords, point_labels, boxes))
     args = (out, point_coords, *point_coords.stride(), point_labels, *point_labels.stride(),
             boxes, *boxes.stride(), gaussian, *gaussian.stride(), point_table,
-            *_row_offsets(point_table.stride(0)), not_a_point, rows, tokens, magic, shift, num_points, int(pad),
-            *image_constants(image_h, image_w))
+            *_row_offsets(point_table.stride(0)), not_a_point, rows, tokens, magic, shift,
+            num_points, int(pad), *image_constants(image_h, image_w))
     grid = (-(-rows // tokens_per_program),)  # cdiv (triton.cdiv is slow in host code)
     if eager:
         lean_launch.launch(_sparse_embed_fwd_kernel, grid, *args, **constexprs,
@@ -745,7 +745,7 @@ def _table_rows(point_rows, nap_shape, dtype, device, size):
         if unit != 1 or not -_INT32_MAX <= 3 * step <= _INT32_MAX:
             return None
         at = table.data_ptr()
-        return table, at, (step, 2 * step, 3 * step), at | (step * size)
+        return table, at, _row_offsets(step), at | (step * size)
     if len(point_rows) != 4:
         return None
     for row in point_rows:  # [1, C] and contiguous: unit column stride
@@ -768,6 +768,7 @@ _eager_image_constants = functools.lru_cache(maxsize=256)(image_constants)
 
 
 def _row_offsets(stride: int):
+    """The kernel's row1_at, row2_at, row3_at for a stacked table with this row stride."""
     return stride, 2 * stride, 3 * stride
 
 
@@ -788,11 +789,11 @@ def _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride, bo
 
 # The forward's launch plan (launch_checked): what Triton specialises each of the kernel's
 # parameters on, given the launcher's checks and that every stride of the prompts fits int32:
-# the output, Gaussian, table and not_a_point pointers (dtype, address mod 16); the prompts'
-# pointers (dtype only: not specialised on alignment); the Gaussian's and table's strides (by
-# value); the constexprs (channels, output dtype, WIDE; ALIGNED follows from the addresses,
-# strides and dtypes; FAST_DIV is True). Every other integer is never specialised and always
-# int32 here (rows < 2^31; the prompts' strides, checked), every float fp32. _check_fwd_plan
+# the output, Gaussian, table (row 0) and not_a_point pointers (dtype, address mod 16); the
+# prompts' pointers (dtype only: not specialised on alignment); the Gaussian's strides (by
+# value); the constexprs (channels, output dtype, ALIGNED, WIDE; FAST_DIV is True). Every other
+# integer is never specialised and always int32 here (rows < 2^31; the prompts' strides and the
+# row offsets, checked), every float fp32. _check_fwd_plan
 # holds the kernel to this.
 _FWD_OPTIONS = {"num_warps": NUM_WARPS}
 _FWD_PLAN_UNSPECIALISED = {
@@ -844,7 +845,6 @@ def _checked_sparse_fwd_args(point_coords, point_labels, boxes, pad, gaussian, p
 
 
 @functools.lru_cache(maxsize=256)  # shapes and dtypes only (never weights): computed once each
-@functools.lru_cache(maxsize=256)  # a pure function of a few hashables, on every launch
 def _fwd_constexprs(channels, out_dtype, aligned, fast_div, wide):
     """The forward kernel's constexprs (a dict in parameter order; shared: never mutated) and
     token rows per program."""

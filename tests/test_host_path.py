@@ -226,7 +226,7 @@ def test_checked_path_reads_the_point_rows_in_place(upstream, monkeypatch):
     """The four point-embedding rows are read where they lie (row 0 and the element offsets of
     rows 1..3): no stacking copy, for rows wherever the allocator put them and for rows off 16
     bytes (the unaligned variant); the result is the PyTorch path's. Rows the launch cannot
-    address (another dtype, or more than 2^31 elements apart) are stacked first."""
+    address (here: one of another dtype) are stacked first."""
     _, model = twins(upstream[0], EMBED, EMB, IMAGE, backend="triton")
     _, reference = twins(upstream[0], EMBED, EMB, IMAGE, backend="torch")
     points, boxes = random_points(3, 4, image=IMAGE), random_boxes(3, image=IMAGE)
