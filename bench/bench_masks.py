@@ -1,28 +1,36 @@
 """The mask path on the CPU: Meta's ``mask_downscaling`` against ``sam2_prompt.masks``, one run.
 
     python -m sam2_prompt.bench.bench_masks [--batch 64] [--grid 64] [--threads 1]
-                                            [--rounds 3] [--json PATH]
+                                            [--rounds 3] [--after-idle SECONDS] [--json PATH]
 
 One process, ``torch.set_num_threads(--threads)`` (1 by default), ``torch.inference_mode()``,
 the same seeded weights for every path (Meta's module, N(0, 1) parameters); every path is first
 checked against Meta's output (max abs difference printed); "output first touch" (allocating
-the output and writing it once) is the floor of any path returning a fresh output. Times: ``torch.utils.benchmark``
+the output and writing it once) is the floor of any path returning a fresh output, "first touch,
+huge pages" the same after the huge-page hint that the fast path gives its output. Times: ``torch.utils.benchmark``
 blocked_autorange (bench/measure.py ``time_call``), the paths interleaved over ``--rounds``
 rounds so that a noisy machine slows all of them alike; the speedup is the median of the
 per-round ratios. Bytes allocated per call: torch.profiler's allocation events
 (``bytes_allocated``). Launches and bytes read / written: one kernel per aten compute op
 (``traffic``); the fused kernel's row is its model (``kernels.mask.fused_traffic``).
+``--after-idle S`` adds single calls of the fast path, each after S seconds asleep, with the
+huge-page hint and without it (``SAM2_PROMPT_HUGE_PAGES=0``), interleaved: what a call costs when
+the memory it gets has been idle (on a VM whose host reclaims free guest memory, more with the
+hint).
 """
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
+import time
 
 import torch
 
 from sam2_prompt import masks as mask_path
+from sam2_prompt.huge_pages import HUGE_PAGES_ENV, advise_huge_pages
 from sam2_prompt.bench import measure
 
 EMBED_DIM, MASK_CHANS, EPS = 256, 16, 1e-6
@@ -47,11 +55,18 @@ def mask_weights(meta) -> tuple:
                                       seq[6].weight, seq[6].bias))
 
 
+def _hinted(t):
+    advise_huge_pages(t)
+    return t
+
+
 def paths(meta, out_shape):
     weights = mask_weights(meta)
     return {
         # the floor of any path returning a fresh output: allocating it and touching every page
         "output first touch": lambda m: torch.empty(out_shape).fill_(0.0),
+        # the same with the huge-page hint the fast path gives its output (sam2_prompt.huge_pages)
+        "first touch, huge pages": lambda m: _hinted(torch.empty(out_shape)).fill_(0.0),
         "meta mask_downscaling": meta.mask_downscaling,
         "ours mask_embed_fast": lambda m: mask_path.mask_embed_fast(m, *weights, EPS, EPS,
                                                                     torch.float32),
@@ -60,7 +75,28 @@ def paths(meta, out_shape):
     }
 
 
-def run(batch: int, grid: int, threads: int, rounds: int, min_run_time: float) -> dict:
+def after_idle(fn, masks, idle_s: float, calls: int = 2) -> dict:
+    """ms of single calls of fn, each after idle_s seconds asleep, hint on and off in turn."""
+    times = {"huge pages": [], "no hint": []}
+    saved = os.environ.get(HUGE_PAGES_ENV)
+    try:
+        for _ in range(calls):
+            for name, value in (("huge pages", "1"), ("no hint", "0")):
+                os.environ[HUGE_PAGES_ENV] = value
+                time.sleep(idle_s)
+                start = time.perf_counter()
+                fn(masks)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        if saved is None:
+            os.environ.pop(HUGE_PAGES_ENV, None)
+        else:
+            os.environ[HUGE_PAGES_ENV] = saved
+    return times
+
+
+def run(batch: int, grid: int, threads: int, rounds: int, min_run_time: float,
+        idle_s: float = 0.0) -> dict:
     torch.set_num_threads(threads)
     meta = seeded_meta(EMBED_DIM, grid, MASK_CHANS)
     masks = torch.randn(batch, 1, 4 * grid, 4 * grid, generator=torch.Generator().manual_seed(1))
@@ -72,7 +108,7 @@ def run(batch: int, grid: int, threads: int, rounds: int, min_run_time: float) -
         for name, fn in paths(meta, out_shape).items():
             traffic = measure.traffic(fn, (masks,))
             alloc = measure.bytes_allocated(fn, (masks,), "cpu")["bytes_allocated"]
-            diff = (fn(masks) - expected).abs().max().item() if "first" not in name else None
+            diff = (fn(masks) - expected).abs().max().item() if "touch" not in name else None
             rows[name] = {"path": name, "max_abs_diff": diff, "bytes_allocated": alloc,
                           "alloc_over_output": alloc / out_bytes if out_bytes else None,
                           "launches": traffic["launches"], "read_bytes": traffic["read_bytes"],
@@ -82,6 +118,8 @@ def run(batch: int, grid: int, threads: int, rounds: int, min_run_time: float) -
                 timing = measure.time_call(fn, (masks,), "cpu", out_bytes,
                                            min_run_time=min_run_time, threads=threads)
                 rows[name]["medians_ms"].append(timing["median_s"] * 1e3)
+        idle = after_idle(paths(meta, out_shape)["ours mask_embed_fast"], masks, idle_s) \
+            if idle_s > 0 else None
     meta_ms = rows["meta mask_downscaling"]["medians_ms"]
     for row in rows.values():
         row["median_ms"] = statistics.median(row["medians_ms"])
@@ -96,7 +134,8 @@ def run(batch: int, grid: int, threads: int, rounds: int, min_run_time: float) -
             batch, 4 * grid, 4 * grid, EMBED_DIM, MASK_CHANS, torch.float32, torch.float32)}
     return {"batch": batch, "grid": grid, "threads": threads, "rounds": rounds,
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-            "output_bytes": out_bytes, "rows": list(rows.values())}
+            "output_bytes": out_bytes, "rows": list(rows.values()),
+            "after_idle": idle and {"idle_s": idle_s, "fast_path_ms": idle}}
 
 
 def main(argv=None) -> int:
@@ -106,9 +145,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument("--after-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="also time single fast-path calls after this long asleep, with the "
+                             "huge-page hint and without [0: not run]")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    result = run(args.batch, args.grid, args.threads, args.rounds, args.min_run_time)
+    result = run(args.batch, args.grid, args.threads, args.rounds, args.min_run_time,
+                 args.after_idle)
     side = 4 * args.grid
     print(f"# {args.batch} masks of {side}x{side}, C={EMBED_DIM}, c={MASK_CHANS}, "
           f"{args.threads} thread(s), torch {result['torch']}, {result['machine']}; "
@@ -125,6 +168,10 @@ def main(argv=None) -> int:
         line += (f"  launches {r['launches']:4d}  read {r['read_bytes'] / 1e6:7.1f} MB"
                  f"  written {r['written_bytes'] / 1e6:7.1f} MB")
         print(line)
+    if result["after_idle"]:
+        for name, times in result["after_idle"]["fast_path_ms"].items():
+            print(f"fast path after {args.after_idle:g} s idle, {name}: "
+                  + ", ".join(f"{t:.1f}" for t in times) + " ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -169,8 +169,9 @@ def _add_run(sub) -> None:
     what.add_argument("--cases", metavar="TEXT,...",
                       help="keep only the cases whose name contains one of these strings")
     what.add_argument("--check-targets", action="store_true",
-                      help="print PASS/FAIL for the foundation targets (our PyTorch path on CPU) "
-                           "after the table; exit 1 unless all pass")
+                      help="print PASS/FAIL for the targets of the cases that have them (our "
+                           "PyTorch path on CPU: click, amg-16384x4, b64-n0-mask) after the "
+                           "table; exit 1 unless all pass")
     what.add_argument("--compile-mode", default=COMPILE_MODE, metavar="MODE",
                       help=f"torch.compile mode of the *-compiled backends [{COMPILE_MODE}, as "
                            "SAM-2's VOS predictor]")

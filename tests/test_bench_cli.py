@@ -78,7 +78,9 @@ def test_no_arguments_is_a_quick_run(monkeypatch):
 def test_case_sets_are_the_foundation_targets():
     assert {(c.name, c.batch, c.points, c.boxes, c.embed_dim, c.dtype) for c in bench_cases.FOUNDATION} == {
         ("click", 1, 1, 0, 256, "float32"), ("amg-16384x4", 16384, 4, 0, 256, "float32")}
-    assert set(bench_cases.TARGETS) == {c.name for c in bench_cases.FOUNDATION}
+    assert set(bench_cases.TARGETS) == {c.name for c in bench_cases.FOUNDATION} | {"b64-n0-mask"}
+    assert bench_cases.MASKS.name == "b64-n0-mask" and bench_cases.MASKS.masks
+    assert (bench_cases.MASKS.batch, bench_cases.MASKS.points, bench_cases.MASKS.boxes) == (64, 0, 0)
     assert set(bench_cases.FOUNDATION) <= set(bench_cases.QUICK)
     assert all(c.batch <= 1024 for c in bench_cases.SMALL)
 
@@ -100,9 +102,11 @@ def _row(case, speedup, alloc, backend="torch"):
 
 def test_targets_are_checked():
     results = bench_run.check_targets([_row("click", 1.0, 15.0, "upstream"), _row("click", 2.5, 1.1),
-                                       _row("amg-16384x4", 4.0, 1.7), _row("batch-64x4", 9.0, 9.0)])
-    assert [ok for ok, _ in results] == [True, True, False, False]
+                                       _row("amg-16384x4", 4.0, 1.7), _row("batch-64x4", 9.0, 9.0),
+                                       _row("b64-n0-mask", 3.5, 1.3)])
+    assert [ok for ok, _ in results] == [True, True, False, False, True, False]
     assert "2.50x faster" in results[0][1] and "1.70x the output" in results[3][1]
+    assert "(target <= 1.2x)" in results[5][1]
 
 
 def test_targets_only_when_asked(monkeypatch, capsys):
