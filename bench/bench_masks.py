@@ -7,16 +7,17 @@ One process, ``torch.set_num_threads(--threads)`` (1 by default), ``torch.infere
 the same seeded weights for every path (Meta's module, N(0, 1) parameters); every path is first
 checked against Meta's output (max abs difference printed); "output first touch" (allocating
 the output and writing it once) is the floor of any path returning a fresh output, "first touch,
-huge pages" the same after the huge-page hint that the fast path gives its output. Times: ``torch.utils.benchmark``
+huge pages" the same after the huge-page hint (which the fast path gives its output in a batch
+job's steady state, when the previous output was freed less than a second before). Times: ``torch.utils.benchmark``
 blocked_autorange (bench/measure.py ``time_call``), the paths interleaved over ``--rounds``
 rounds so that a noisy machine slows all of them alike; the speedup is the median of the
 per-round ratios. Bytes allocated per call: torch.profiler's allocation events
 (``bytes_allocated``). Launches and bytes read / written: one kernel per aten compute op
 (``traffic``); the fused kernel's row is its model (``kernels.mask.fused_traffic``).
-``--after-idle S`` adds single calls of the fast path, each after S seconds asleep, with the
-huge-page hint and without it (``SAM2_PROMPT_HUGE_PAGES=0``), interleaved: what a call costs when
-the memory it gets has been idle (on a VM whose host reclaims free guest memory, more with the
-hint).
+``--after-idle S`` adds single calls of the fast path, each after S seconds asleep, with the hint
+forced on every call and with the fast path's own policy (which declines it after a pause),
+interleaved: what a call costs when the memory it gets has been free for a while (on a VM whose
+host reclaims free guest memory, more with huge pages).
 """
 
 import argparse
@@ -30,7 +31,7 @@ import time
 import torch
 
 from sam2_prompt import masks as mask_path
-from sam2_prompt.huge_pages import HUGE_PAGES_ENV, advise_huge_pages
+from sam2_prompt.huge_pages import HUGE_PAGES_ENV, huge_page_hint
 from sam2_prompt.bench import measure
 
 EMBED_DIM, MASK_CHANS, EPS = 256, 16, 1e-6
@@ -56,7 +57,7 @@ def mask_weights(meta) -> tuple:
 
 
 def _hinted(t):
-    advise_huge_pages(t)
+    huge_page_hint(t)
     return t
 
 
@@ -65,7 +66,8 @@ def paths(meta, out_shape):
     return {
         # the floor of any path returning a fresh output: allocating it and touching every page
         "output first touch": lambda m: torch.empty(out_shape).fill_(0.0),
-        # the same with the huge-page hint the fast path gives its output (sam2_prompt.huge_pages)
+        # the same with the huge-page hint the fast path gives its output in a batch job's steady
+        # state (sam2_prompt.huge_pages), here on every call
         "first touch, huge pages": lambda m: _hinted(torch.empty(out_shape)).fill_(0.0),
         "meta mask_downscaling": meta.mask_downscaling,
         "ours mask_embed_fast": lambda m: mask_path.mask_embed_fast(m, *weights, EPS, EPS,
@@ -76,22 +78,27 @@ def paths(meta, out_shape):
 
 
 def after_idle(fn, masks, idle_s: float, calls: int = 2) -> dict:
-    """ms of single calls of fn, each after idle_s seconds asleep, hint on and off in turn."""
-    times = {"huge pages": [], "no hint": []}
-    saved = os.environ.get(HUGE_PAGES_ENV)
+    """ms of single calls of fn (the fast path), each after idle_s seconds asleep, in turn: the
+    hint forced, the fast path's own policy, and the hint off (SAM2_PROMPT_HUGE_PAGES=0)."""
+    modes = {"hint forced": (huge_page_hint, "1"), "policy": (mask_path.advise_huge_pages, "1"),
+             "no hint": (mask_path.advise_huge_pages, "0")}
+    times = {name: [] for name in modes}
+    saved = mask_path.advise_huge_pages, os.environ.get(HUGE_PAGES_ENV)
     try:
         for _ in range(calls):
-            for name, value in (("huge pages", "1"), ("no hint", "0")):
-                os.environ[HUGE_PAGES_ENV] = value
+            for name, (advise, enabled) in modes.items():
+                mask_path.advise_huge_pages = advise
+                os.environ[HUGE_PAGES_ENV] = enabled
                 time.sleep(idle_s)
                 start = time.perf_counter()
                 fn(masks)
                 times[name].append((time.perf_counter() - start) * 1e3)
     finally:
-        if saved is None:
+        mask_path.advise_huge_pages = saved[0]
+        if saved[1] is None:
             os.environ.pop(HUGE_PAGES_ENV, None)
         else:
-            os.environ[HUGE_PAGES_ENV] = saved
+            os.environ[HUGE_PAGES_ENV] = saved[1]
     return times
 
 
@@ -146,8 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-run-time", type=float, default=2.0)
     parser.add_argument("--after-idle", type=float, default=0.0, metavar="SECONDS",
-                        help="also time single fast-path calls after this long asleep, with the "
-                             "huge-page hint and without [0: not run]")
+                        help="also time single fast-path calls after this long asleep: the "
+                             "huge-page hint forced, the fast path's policy, no hint [0: not run]")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     result = run(args.batch, args.grid, args.threads, args.rounds, args.min_run_time,
