@@ -77,22 +77,32 @@ def paths(meta, out_shape):
     }
 
 
-def after_idle(fn, masks, idle_s: float, calls: int = 2) -> dict:
-    """ms of single calls of fn (the fast path), each after idle_s seconds asleep, in turn: the
-    hint forced, the fast path's own policy, and the hint off (SAM2_PROMPT_HUGE_PAGES=0)."""
+def after_idle(fn, masks, idle_s: float, calls: int = 2, held: int = 4) -> dict:
+    """ms per call of fn (the fast path) in three modes: the hint forced, the fast path's own
+    policy, the hint off (SAM2_PROMPT_HUGE_PAGES=0). "idle": single calls, each after idle_s
+    seconds asleep, the modes in turn; "held": after idle_s asleep, ``held`` calls in a row
+    whose outputs are all kept until the last."""
     modes = {"hint forced": (huge_page_hint, "1"), "policy": (mask_path.advise_huge_pages, "1"),
              "no hint": (mask_path.advise_huge_pages, "0")}
-    times = {name: [] for name in modes}
+    times = {"idle": {name: [] for name in modes}, "held": {name: [] for name in modes}}
     saved = mask_path.advise_huge_pages, os.environ.get(HUGE_PAGES_ENV)
+
+    def timed(kept):
+        start = time.perf_counter()
+        kept.append(fn(masks))
+        return (time.perf_counter() - start) * 1e3
+
     try:
-        for _ in range(calls):
+        for rep in range(calls + 1):
             for name, (advise, enabled) in modes.items():
                 mask_path.advise_huge_pages = advise
                 os.environ[HUGE_PAGES_ENV] = enabled
                 time.sleep(idle_s)
-                start = time.perf_counter()
-                fn(masks)
-                times[name].append((time.perf_counter() - start) * 1e3)
+                if rep < calls:
+                    times["idle"][name].append(timed([]))
+                else:
+                    kept = []
+                    times["held"][name] = [timed(kept) for _ in range(held)]
     finally:
         mask_path.advise_huge_pages = saved[0]
         if saved[1] is None:
@@ -176,9 +186,10 @@ def main(argv=None) -> int:
                  f"  written {r['written_bytes'] / 1e6:7.1f} MB")
         print(line)
     if result["after_idle"]:
-        for name, times in result["after_idle"]["fast_path_ms"].items():
-            print(f"fast path after {args.after_idle:g} s idle, {name}: "
-                  + ", ".join(f"{t:.1f}" for t in times) + " ms")
+        for kind, what in (("idle", "single calls"), ("held", "calls in a row, outputs held")):
+            for name, times in result["after_idle"]["fast_path_ms"][kind].items():
+                print(f"fast path after {args.after_idle:g} s idle, {what}, {name}: "
+                      + ", ".join(f"{t:.1f}" for t in times) + " ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
