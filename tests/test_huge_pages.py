@@ -139,7 +139,7 @@ def test_mask_path_hints_its_output_only(upstream, clock, calls, monkeypatch):
         with torch.no_grad():
             return mask_path.mask_embed_fast(masks, *weights_of(meta), EPS, EPS, torch.float32)
 
-    cold = call().clone()  # the output itself is freed here; its copy is under MIN_BYTES' watch
+    cold = call().clone()  # the output is freed once copied: the next call finds it just freed
     assert calls == []
     hinted = call()
     (addr, size, _), = calls
