@@ -288,30 +288,18 @@ def launch_planned(kernel, grid, plan, args, options):
     docstring). args: every kernel parameter's value, in parameter order (constexprs included);
     options: launch options such as num_warps. plan: hashable, a function of everything Triton
     specialises ``args`` and ``options`` on (None: use ``launch``)."""
-    # _direct_cache's checks, inlined (this runs on every call); anything unusual takes it
-    entry = _caches.get(id(kernel))
-    cache = entry[1] if entry is not None and entry[0]() is kernel else None
-    runtime = knobs.runtime
-    if (plan is None or cache is None or callable(grid) or kernel.hash is not cache.source_key
-            or kernel.pre_run_hooks or runtime.launch_enter_hook.calls  # _in_doubt, inlined
-            or runtime.launch_exit_hook.calls or runtime.add_stages_inspection_hook is not None
-            or _async_compile.active_mode.get() is not None or not cache.globals_unchanged()):
-        cache = None if plan is None else _direct_cache(kernel, grid)
-        if cache is None:
-            return launch(kernel, grid, *args, **options)
+    cache = None if plan is None else _direct_cache(kernel, grid)
+    if cache is None:
+        return launch(kernel, grid, *args, **options)
     active = driver.active
     device = active.get_current_device()
-    key = (type(active), device, kernel.debug, knobs.runtime.debug,  # _binary_key, inlined
-           knobs.compilation.instrumentation_mode, knobs.compilation.fpsan_homomorphic_casts,
-           plan)
+    key = _binary_key(active, device, kernel, plan)
     found = cache.planned.get(key)
     if found is not None:
-        (compiled, run, function, metadata), specialisation = found
+        entry, specialisation = found
         if VERIFY_PLANS:
             _verify_plan(cache, args, options, plan, specialisation)
-        run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
-            active.get_current_stream(device), function, metadata, None, None, None, *args)
-        return compiled
+        return _run_entry(entry, active, device, grid, args)
     compiled = launch(kernel, grid, *args, **options)
     if compiled is not None and len(args) == len(kernel.params):
         found, _ = _specialisation(cache, args, options)

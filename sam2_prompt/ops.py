@@ -131,9 +131,12 @@ def transforms_active() -> bool:
     """A functorch transform (grad, vmap, jvp, jacrev, ...; functionalize is not one: it keeps
     ops as they are) or forward-mode AD is active. Not asked while Dynamo traces (it handles
     transforms itself, and misreads the interpreter stack)."""
-    if torch.compiler.is_compiling():
-        return False
-    level = torch._C._functorch.peek_interpreter_stack()
+    return not torch.compiler.is_compiling() and _ad_transform_active()
+
+
+def _ad_transform_active() -> bool:
+    """transforms_active() outside Dynamo."""
+    level = _peek_interpreter_stack()
     return (level is not None and level.key() in _AD_TRANSFORMS) or forward_ad._current_level >= 0
 
 
@@ -158,21 +161,17 @@ def route(gaussian: Optional[Tensor], *tensors: Optional[Tensor]) -> str:
         return REFERENCE
     if torch.compiler.is_compiling():  # (transforms_active() is False while Dynamo traces)
         return OP
-    # transforms_active() and _tracing(), inlined: this runs on every call
-    level = _peek_interpreter_stack()
-    if (level is not None and level.key() in _AD_TRANSFORMS) or forward_ad._current_level >= 0:
+    if _ad_transform_active():
         return REFERENCE
-    if (_get_dispatch_mode(_TRACING_MODES[0]) is not None
-            or _get_dispatch_mode(_TRACING_MODES[1]) is not None
-            or (grad and any(t is not None and t.requires_grad for t in tensors))):
+    if _tracing() or (grad and any(t is not None and t.requires_grad for t in tensors)):
         return OP
     return EAGER
 
 
 def _tracing() -> bool:
     """make_fx or a fake-tensor mode is active."""
-    get_mode = torch._C._get_dispatch_mode
-    return get_mode(_TRACING_MODES[0]) is not None or get_mode(_TRACING_MODES[1]) is not None
+    return (_get_dispatch_mode(_TRACING_MODES[0]) is not None
+            or _get_dispatch_mode(_TRACING_MODES[1]) is not None)
 
 
 def _direct(impl, use_triton: bool, *args):
@@ -317,9 +316,9 @@ def sparse_embed(
                                          point_rows, not_a_point, image_h, image_w, out_dtype)
             if out is not None:
                 return out
-        table = point_rows[0] if len(point_rows) == 1 else torch.cat(point_rows)
-        return kernels.sparse_embed_fwd(point_coords, point_labels, boxes, pad, gaussian, table,
-                                        not_a_point, image_h, image_w, out_dtype, eager=True)
+        return kernels.sparse_embed_fwd(point_coords, point_labels, boxes, pad, gaussian,
+                                        _stacked(point_rows), not_a_point, image_h, image_w,
+                                        out_dtype, eager=True)
     if boxes is None:
         boxes = point_coords.new_empty((point_coords.shape[0], 0, 4))
     if path == EAGER and derived is not None:  # the PyTorch path
@@ -334,14 +333,18 @@ def sparse_embed(
         return reference.sparse_embed(
             point_coords, point_labels, boxes, pad, gaussian, None, not_a_point, image_h, image_w,
             out_dtype, sincos=sincos, table=table)
-    table = point_rows[0] if len(point_rows) == 1 else torch.cat(point_rows)
-    args = (point_coords, point_labels, boxes, pad, gaussian, table, not_a_point,
+    args = (point_coords, point_labels, boxes, pad, gaussian, _stacked(point_rows), not_a_point,
             image_h, image_w, out_dtype)
     if path == REFERENCE:
         return reference.sparse_embed_functional(*args)
     if path == OP:
         return sparse_embed_op(*args, use_triton)
     return reference.sparse_embed(*args)
+
+
+def _stacked(point_rows: Sequence[Tensor]) -> Tensor:
+    """The point table [4, C]: the one tensor given, or the four [1, C] rows stacked."""
+    return point_rows[0] if len(point_rows) == 1 else torch.cat(point_rows)
 
 
 def _saveable(t: Tensor) -> Tensor:

@@ -270,7 +270,7 @@ class PromptEncoder(nn.Module):
         point_rows = [module_tensor(embed, "weight")
                       for embed in modules["point_embeddings"]._modules.values()]
         height, width = self.input_image_size
-        use_triton = ops.use_triton(self._backend_request, not_a_point.device, out_dtype)
+        use_triton = self._use_triton(out_dtype, not_a_point.device)
         return ops.sparse_embed(coords, labels, boxes, pad, gaussian, point_rows, not_a_point,
                                 int(height), int(width), out_dtype, use_triton, self._derived,
                                 prompts_checked=True)
