@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .sincos import round_to
+from .sparse import _OUT_DTYPES, interpreting, launch  # launch: wrap_triton, tracers see it
 
 # erf(z), 0 <= z < 1: fma(z, R(z^2), z) with R = ERF_S0 + z^2 (ERF_S1 + ...), Chebyshev fit of
 # erf(z) / z - 1 in z^2 (degree 6). 1 <= z < ERF_ONE: Q(u), u = z * ERF_U_SCALE + ERF_U_SHIFT
@@ -296,19 +297,8 @@ def _mask_embed_kernel(
 
 
 # ----------------------------------------------------------------------------- launcher
-_OUT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 NUM_WARPS = 4
 _MAX_PLANE = 2**31 - 2**20  # pixel indices are int32 inside the kernel (offsets are int64)
-
-
-def interpreting(kernel) -> bool:
-    """True when TRITON_INTERPRET=1 turned ``kernel`` into an interpreted function."""
-    return not isinstance(kernel, triton.runtime.JITFunction)
-
-
-def launch(kernel, grid, *args, **kwargs):
-    """Every launch goes through ``wrap_triton``: make_fx / torch.compile see the kernel."""
-    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
