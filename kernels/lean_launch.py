@@ -124,14 +124,6 @@ def _cache_for(kernel) -> _KernelCache:
     return entry[1]
 
 
-def _source_key(kernel, cache: _KernelCache) -> str:
-    """The kernel's cache_key, read through the hash it caches (None after a source edit)."""
-    cached = getattr(kernel, "hash", None)
-    if cached is not None and cached is cache.source_key:
-        return cached
-    return kernel.cache_key
-
-
 def _int_class(value: int):
     """Triton's integer type for a value outside int32 (an int32 is keyed as True)."""
     if _INT64[0] <= value <= _INT64[1]:
@@ -204,32 +196,28 @@ def _make_keyer(kernel, args, kwargs):
     return namespace["keyer"]
 
 
-def _in_doubt(kernel) -> bool:
-    """Anything that makes ``run`` do more than bind, look up and launch."""
-    runtime = knobs.runtime
-    return bool(kernel.pre_run_hooks or runtime.launch_enter_hook.calls
-                or runtime.launch_exit_hook.calls
-                or runtime.add_stages_inspection_hook is not None
-                or _async_compile.active_mode.get() is not None)
-
-
-def is_lean(kernel) -> bool:
-    """Whether ``launch`` can take the direct path for ``kernel`` at all (a compiled JIT kernel,
-    not the interpreter's function)."""
-    return isinstance(kernel, triton.runtime.JITFunction)
-
-
 def _direct_cache(kernel, grid):
-    """The kernel's cache when a cached binary may be launched directly (a compiled kernel, a
-    grid of ints, no hook, async compile or changed global in the way, its source hash
-    current), else None (``run`` decides)."""
-    if not is_lean(kernel) or callable(grid) or _in_doubt(kernel):
+    """The kernel's cache when a cached binary may be launched directly, else None (``run``
+    decides): a compiled JIT kernel (not the interpreter's function), a grid of ints, nothing
+    that makes ``run`` do more than bind, look up and launch (pre-run, launch or stage-inspection
+    hooks, async compilation), its source hash current and no global it reads changed."""
+    if not isinstance(kernel, triton.runtime.JITFunction) or callable(grid):
         return None
-    cache = _cache_for(kernel)
-    if _source_key(kernel, cache) != cache.source_key:
+    runtime = knobs.runtime
+    if (kernel.pre_run_hooks or runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls
+            or runtime.add_stages_inspection_hook is not None
+            or _async_compile.active_mode.get() is not None):
+        return None
+    entry = _caches.get(id(kernel))  # _cache_for's lookup, inline on this path
+    cache = entry[1] if entry is not None and entry[0]() is kernel else _cache_for(kernel)
+    # The source hash: the one cache_key caches (None after a source edit), else computed.
+    source_key = getattr(kernel, "hash", None)
+    if (source_key is None or source_key is not cache.source_key) and (
+            kernel.cache_key != cache.source_key):
         with cache.lock:
             cache.refresh(kernel)
-    return cache if cache.globals_unchanged() else None
+    # Our kernels read no globals (their constants are local constexprs): nothing to compare.
+    return cache if not cache.getters or cache.globals_unchanged() else None
 
 
 def _binary_key(active, device, kernel, specialisation) -> tuple:
@@ -242,7 +230,8 @@ def _binary_key(active, device, kernel, specialisation) -> tuple:
 
 def _run_entry(entry, active, device, grid, values):
     compiled, run, function, metadata = entry
-    run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+    size = len(grid)
+    run(grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1,
         active.get_current_stream(device), function, metadata, None, None, None, *values)
     return compiled
 

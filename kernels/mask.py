@@ -34,41 +34,44 @@ import triton.language as tl
 from .sincos import round_to
 from .sparse import _OUT_DTYPES, interpreting, launch  # launch: wrap_triton, tracers see it
 
-# erf(z), 0 <= z < 1: fma(z, R(z^2), z) with R = ERF_S0 + z^2 (ERF_S1 + ...), Chebyshev fit of
-# erf(z) / z - 1 in z^2 (degree 6). 1 <= z < ERF_ONE: Q(u), u = z * ERF_U_SCALE + ERF_U_SHIFT
-# in [-1, 1], Chebyshev fit of erf (degree 14). ERF_ONE and beyond: 1 (erf(3.92) rounds to 1.0 in
-# fp32). fp32 coefficients, fp32 Horner: max error 7.3e-8 (1.22 ulp) on [0, 4.5] against fp64.
-ERF_ONE = tl.constexpr(3.92)
-ERF_U_SCALE = tl.constexpr(0.684931506849315)
-ERF_U_SHIFT = tl.constexpr(-1.6849315068493151)
-ERF_S6 = tl.constexpr(7.933493907330558e-05)
-ERF_S5 = tl.constexpr(-0.0008034846396185458)
-ERF_S4 = tl.constexpr(0.005191218573600054)
-ERF_S3 = tl.constexpr(-0.02685539983212948)
-ERF_S2 = tl.constexpr(0.11283625662326813)
-ERF_S1 = tl.constexpr(-0.3761262893676758)
-ERF_S0 = tl.constexpr(0.12837916612625122)
-ERF_Q14 = tl.constexpr(0.00021884188754484057)
-ERF_Q13 = tl.constexpr(1.2985969988221768e-05)
-ERF_Q12 = tl.constexpr(-0.0016258660471066833)
-ERF_Q11 = tl.constexpr(0.0015874085947871208)
-ERF_Q10 = tl.constexpr(0.003337017260491848)
-ERF_Q9 = tl.constexpr(-0.009031123481690884)
-ERF_Q8 = tl.constexpr(0.007347635459154844)
-ERF_Q7 = tl.constexpr(0.006495251320302486)
-ERF_Q6 = tl.constexpr(-0.028447646647691727)
-ERF_Q5 = tl.constexpr(0.04510702192783356)
-ERF_Q4 = tl.constexpr(-0.04504726082086563)
-ERF_Q3 = tl.constexpr(0.030599944293498993)
-ERF_Q2 = tl.constexpr(-0.01392898429185152)
-ERF_Q1 = tl.constexpr(0.003878106130287051)
-ERF_Q0 = tl.constexpr(0.9994966387748718)
-SQRT_HALF = tl.constexpr(0.7071067811865476)
+# Every constant is a local constexpr of the function that uses it: a kernel that reads no
+# module-level global leaves Triton (and lean_launch) no globals to re-check at each launch.
 
 
 @triton.jit
 def erf_abs(t):
-    """t >= 0 (fp32, any shape) -> erf(t); NaN -> 1."""
+    """t >= 0 (fp32, any shape) -> erf(t); NaN -> 1.
+
+    0 <= t < 1: fma(t, R(t^2), t) with R = ERF_S0 + t^2 (ERF_S1 + ...), Chebyshev fit of
+    erf(t) / t - 1 in t^2 (degree 6). 1 <= t < ERF_ONE: Q(u), u = t * ERF_U_SCALE + ERF_U_SHIFT
+    in [-1, 1], Chebyshev fit of erf (degree 14). ERF_ONE and beyond: 1 (erf(3.92) rounds to 1.0
+    in fp32). fp32 coefficients, fp32 Horner: max error 7.3e-8 (1.22 ulp) on [0, 4.5] against
+    fp64."""
+    ERF_ONE: tl.constexpr = 3.92
+    ERF_U_SCALE: tl.constexpr = 0.684931506849315
+    ERF_U_SHIFT: tl.constexpr = -1.6849315068493151
+    ERF_S6: tl.constexpr = 7.933493907330558e-05
+    ERF_S5: tl.constexpr = -0.0008034846396185458
+    ERF_S4: tl.constexpr = 0.005191218573600054
+    ERF_S3: tl.constexpr = -0.02685539983212948
+    ERF_S2: tl.constexpr = 0.11283625662326813
+    ERF_S1: tl.constexpr = -0.3761262893676758
+    ERF_S0: tl.constexpr = 0.12837916612625122
+    ERF_Q14: tl.constexpr = 0.00021884188754484057
+    ERF_Q13: tl.constexpr = 1.2985969988221768e-05
+    ERF_Q12: tl.constexpr = -0.0016258660471066833
+    ERF_Q11: tl.constexpr = 0.0015874085947871208
+    ERF_Q10: tl.constexpr = 0.003337017260491848
+    ERF_Q9: tl.constexpr = -0.009031123481690884
+    ERF_Q8: tl.constexpr = 0.007347635459154844
+    ERF_Q7: tl.constexpr = 0.006495251320302486
+    ERF_Q6: tl.constexpr = -0.028447646647691727
+    ERF_Q5: tl.constexpr = 0.04510702192783356
+    ERF_Q4: tl.constexpr = -0.04504726082086563
+    ERF_Q3: tl.constexpr = 0.030599944293498993
+    ERF_Q2: tl.constexpr = -0.01392898429185152
+    ERF_Q1: tl.constexpr = 0.003878106130287051
+    ERF_Q0: tl.constexpr = 0.9994966387748718
     s = t * t
     r = tl.fma(s, tl.fma(s, tl.fma(s, tl.fma(s, tl.fma(s, tl.fma(s, ERF_S6, ERF_S5), ERF_S4),
                                                    ERF_S3), ERF_S2), ERF_S1), ERF_S0)
@@ -96,6 +99,7 @@ def gelu(y):
     """Exact GELU, y Phi(y) = y / 2 (1 + erf(y / sqrt 2)), computed as
     fma(|y| / 2, erf(|y| / sqrt 2), y / 2) (for y < 0: y / 2 (1 - erf(|y| / sqrt 2))), one
     rounding."""
+    SQRT_HALF: tl.constexpr = 0.7071067811865476
     half = 0.5 * y
     return tl.fma(tl.abs(half), erf_abs(tl.abs(y) * SQRT_HALF), half)
 

@@ -17,25 +17,15 @@ fractional bits left there).
 import triton
 import triton.language as tl
 
-ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (x + M) - M rounds x to an integer
-
-# sin(2 pi r) = r * (S1 + r^2 (S3 + r^2 (S5 + r^2 (S7 + r^2 S9)))),  |r| <= 1/4
-S1 = tl.constexpr(6.283185005187988)
-S3 = tl.constexpr(-41.34165573120117)
-S5 = tl.constexpr(81.60100555419922)
-S7 = tl.constexpr(-76.5497817993164)
-S9 = tl.constexpr(39.536705017089844)
-# cos(2 pi r) = 1 + r^2 (C2 + r^2 (C4 + r^2 (C6 + r^2 C8))),  |r| <= 1/4
-C2 = tl.constexpr(-19.739181518554688)
-C4 = tl.constexpr(64.93521881103516)
-C6 = tl.constexpr(-85.2540054321289)
-C8 = tl.constexpr(56.34064483642578)
+# Every constant is a local constexpr of the function that uses it: a kernel that reads no
+# module-level global leaves Triton (and lean_launch) no globals to re-check at each launch.
 
 
 @triton.jit
 def reduce_half_turns(turns):
     """turns: fp32 block -> (r, flip): turns = q / 2 + r with |r| <= 1/4 and flip the uint32 sign
     mask (q odd -> 0x80000000, else 0) that sin and cos of 2 pi turns take."""
+    ROUND_MAGIC: tl.constexpr = 12582912.0  # 1.5 * 2**23: (x + M) - M rounds x to an integer
     shifted = tl.fma(turns, 2.0, ROUND_MAGIC)
     half_turns = shifted - ROUND_MAGIC
     r = tl.fma(half_turns, -0.5, turns)
@@ -45,14 +35,25 @@ def reduce_half_turns(turns):
 
 @triton.jit
 def sin_over_r(r2):
-    """r2 = r * r -> P with sin(2 pi r) = r * P (|r| <= 1/4)."""
+    """r2 = r * r -> P with sin(2 pi r) = r * P (|r| <= 1/4):
+    P = S1 + r^2 (S3 + r^2 (S5 + r^2 (S7 + r^2 S9)))."""
+    S1: tl.constexpr = 6.283185005187988
+    S3: tl.constexpr = -41.34165573120117
+    S5: tl.constexpr = 81.60100555419922
+    S7: tl.constexpr = -76.5497817993164
+    S9: tl.constexpr = 39.536705017089844
     return tl.fma(r2, tl.fma(r2, tl.fma(r2, tl.fma(r2, S9, S7), S5), S3), S1)
 
 
 @triton.jit
 def cos_poly(r2, one):
     """r2 = r * r -> cos(2 pi r) - 1 + one (|r| <= 1/4); one = 1 gives cos, one = 0 with r = 0
-    gives an exact zero (how the sparse kernel blanks padding tokens for free)."""
+    gives an exact zero (how the sparse kernel blanks padding tokens for free):
+    one + r^2 (C2 + r^2 (C4 + r^2 (C6 + r^2 C8)))."""
+    C2: tl.constexpr = -19.739181518554688
+    C4: tl.constexpr = 64.93521881103516
+    C6: tl.constexpr = -85.2540054321289
+    C8: tl.constexpr = 56.34064483642578
     return tl.fma(r2, tl.fma(r2, tl.fma(r2, tl.fma(r2, C8, C6), C4), C2), one)
 
 

@@ -34,8 +34,6 @@ from torch._subclasses.fake_tensor import is_fake
 from . import lean_launch
 from .sincos import cos_poly, reduce_half_turns, round_to, sin_over_r, xor_sign
 
-PAD_LABEL = tl.constexpr(-1.0)
-
 
 @triton.jit
 def centred_slope(gauss, half_extent, inv_half_extent):
@@ -169,7 +167,7 @@ def load_tokens(
         label = label.to(tl.float32)
         point_row = tl.minimum(tl.maximum(label, 0.0), 3.0).to(tl.int32)
         point_in_table = point_row.to(tl.float32) == label
-        point_pad = label == PAD_LABEL
+        point_pad = label == -1.0
     else:  # integers: compared exactly, in 64 bits for 64-bit labels
         if label.dtype.primitive_bitwidth == 64:
             label = label.to(tl.int64, bitcast=True)
@@ -682,89 +680,105 @@ def launch_checked(point_coords, point_labels, boxes, pad, gaussian, point_rows,
     The launch is planned (``lean_launch.launch_planned``): the plan below names everything
     the binary depends on (see _FWD_PLAN_*)."""
     nap_shape, dtype, device = not_a_point.shape, not_a_point.dtype, not_a_point.device
-    gauss_stride = gaussian.stride()
+    gauss_stride, gauss_dtype = gaussian.stride(), gaussian.dtype
     batch, num_points = point_labels.shape
     num_boxes = 0 if boxes is None else boxes.shape[1]
     tokens = num_points + (1 if pad else 0) + 2 * num_boxes
     rows = batch * tokens
-    size = _OUT_BYTES.get(dtype)
-    if len(nap_shape) != 2 or size is None:
+    size, gauss_size = _OUT_BYTES.get(dtype), _OUT_BYTES.get(gauss_dtype)
+    if len(nap_shape) != 2 or size is None or gauss_size is None:
         return None
     channels = nap_shape[1]
     if not (nap_shape[0] == 1 and channels > 0 and channels % 2 == 0 and 0 < rows < _MAX_ROWS
             and image_h > 0 and image_w > 0 and gaussian.shape == (2, channels // 2)
-            and not_a_point.is_contiguous() and gaussian.dtype in _OUT_BYTES
-            and out_dtype in _OUT_BYTES and gaussian.device == device):
+            and not_a_point.is_contiguous() and out_dtype in _OUT_BYTES
+            and gaussian.device == device):
         return None
-    table = _table_rows(point_rows, nap_shape, dtype, device, size)
-    if table is None:
-        return None
-    row0, table_at, row_offsets, rows_at = table
-    out = torch.empty(batch, tokens, channels, device=device, dtype=out_dtype)  # (ints: faster)
-    coords_stride, labels_stride = point_coords.stride(), point_labels.stride()
-    if boxes is None:  # K = 0: the boxes pointer is never read; the coordinates stand in for it
-        boxes_or_coords, box_stride = point_coords, (0, 0, 0)  # (the empty boxes' dtype)
+    # The point table as the kernel reads it: row 0, the element offsets of rows 1..3 from it,
+    # and the OR of the rows' addresses (for ALIGNED). Either one [4, C] table or four [1, C]
+    # rows, shaped, typed and placed as not_a_point, with unit column strides and offsets that
+    # are whole elements within int32. (Inline: a helper costs every call a Python frame.)
+    if len(point_rows) == 4:
+        for row in point_rows:  # [1, C] and contiguous: unit column stride
+            if (row.shape != nap_shape or not row.is_contiguous() or row.dtype is not dtype
+                    or row.device != device):
+                return None
+        row0, row1, row2, row3 = point_rows
+        table_at = row0.data_ptr()
+        apart1, apart2, apart3 = (row1.data_ptr() - table_at, row2.data_ptr() - table_at,
+                                  row3.data_ptr() - table_at)
+        rows_at = apart1 | apart2 | apart3
+        if rows_at % size:
+            return None
+        row_offsets = (apart1 // size, apart2 // size, apart3 // size)
+        if not (-_INT32_MAX <= row_offsets[0] <= _INT32_MAX
+                and -_INT32_MAX <= row_offsets[1] <= _INT32_MAX
+                and -_INT32_MAX <= row_offsets[2] <= _INT32_MAX):
+            return None
+        rows_at |= table_at
+    elif len(point_rows) == 1:
+        row0 = point_rows[0]
+        if row0.shape != (4, channels) or row0.dtype is not dtype or row0.device != device:
+            return None
+        step, unit = row0.stride()
+        if unit != 1 or not -_INT32_MAX <= 3 * step <= _INT32_MAX:
+            return None
+        table_at = row0.data_ptr()
+        row_offsets = _row_offsets(step)
+        rows_at = table_at | (step * size)
     else:
-        boxes_or_coords, box_stride = boxes, boxes.stride()
-    widest = max(*coords_stride, *labels_stride, *box_stride)
+        return None
+    out = torch.empty(batch, tokens, channels, device=device, dtype=out_dtype)  # (ints: faster)
+    # Strides and offsets as locals, the arguments as one flat tuple: no star-unpacking, which
+    # costs every call a list build (this path is a click's host time).
+    coords_stride, labels_stride = point_coords.stride(), point_labels.stride()
+    cs0, cs1, cs2 = coords_stride
+    ls0, ls1 = labels_stride
+    gs0, gs1 = gauss_stride
+    row1_at, row2_at, row3_at = row_offsets
+    coords_dtype = point_coords.dtype
+    if boxes is None:  # K = 0: the boxes pointer is never read; the coordinates stand in for it
+        boxes_or_coords, boxes_dtype, bs0, bs1, bs2 = point_coords, coords_dtype, 0, 0, 0
+    else:
+        boxes_or_coords, boxes_dtype = boxes, boxes.dtype
+        bs0, bs1, bs2 = boxes.stride()
+    # Strides are >= 0: their OR is at least the widest and below twice it, and below 2^31
+    # exactly when every stride is.
+    strides_or = cs0 | cs1 | cs2 | ls0 | ls1 | bs0 | bs1 | bs2
     # _prompt_reach is at most (B + N + K + 3) times the widest stride: skip it when that fits
     wide = rows * channels > _INT32_MAX or (
-        (batch + num_points + num_boxes + 3) * widest > _INT32_MAX
+        (batch + num_points + num_boxes + 3) * strides_or > _INT32_MAX
         and _prompt_reach(batch, num_points, num_boxes, coords_stride, labels_stride,
-                          box_stride) > _INT32_MAX)
+                          (bs0, bs1, bs2)) > _INT32_MAX)
     nap_at, gauss_at = not_a_point.data_ptr(), gaussian.data_ptr()
     # _aligned_rows's rule for every row and the Gaussian (the rows' unit column strides checked)
-    aligned = gauss_stride[1] == 1 and not ((rows_at | nap_at | gauss_at
-                                             | gauss_stride[0] * _OUT_BYTES[gaussian.dtype]) & 15)
-    constexprs, tokens_per_program = _fwd_constexprs(channels, out_dtype, aligned, True, wide)
+    aligned = gs1 == 1 and not ((rows_at | nap_at | gauss_at | gs0 * gauss_size) & 15)
+    tokens_per_program, tail = _eager_tail(channels, out_dtype, aligned, wide, image_h, image_w)
+    magic, shift = _eager_divisor_magic(tokens)
     plan = None
-    if widest <= _INT32_MAX:
-        plan = (channels, out_dtype, wide, aligned, out.data_ptr() & 15, point_coords.dtype,
-                point_labels.dtype, boxes_or_coords.dtype, gaussian.dtype, gauss_stride,
-                gauss_at & 15, dtype, table_at & 15, nap_at & 15)
+    if strides_or <= _INT32_MAX:
+        plan = (channels, out_dtype, wide, aligned, out.data_ptr() & 15, coords_dtype,
+                point_labels.dtype, boxes_dtype, gauss_dtype, gauss_stride, gauss_at & 15, dtype,
+                table_at & 15, nap_at & 15)
     lean_launch.launch_planned(
         _sparse_embed_fwd_kernel, (-(-rows // tokens_per_program),), plan,
-        (out, point_coords, *coords_stride, point_labels, *labels_stride, boxes_or_coords,
-         *box_stride, gaussian, *gauss_stride, row0, *row_offsets, not_a_point, rows, tokens,
-         *divisor_magic(tokens), num_points, 1 if pad else 0,
-         *_eager_image_constants(image_h, image_w), *constexprs.values()),
+        (out, point_coords, cs0, cs1, cs2, point_labels, ls0, ls1, boxes_or_coords, bs0, bs1, bs2,
+         gaussian, gs0, gs1, row0, row1_at, row2_at, row3_at, not_a_point, rows, tokens, magic,
+         shift, num_points, 1 if pad else 0) + tail,
         _FWD_OPTIONS)
     return out
 
 
-def _table_rows(point_rows, nap_shape, dtype, device, size):
-    """The point table as the kernel reads it: (row 0's tensor, its address, the element offsets
-    of rows 1..3 from row 0, the OR of the four rows' addresses) for a [4, C] table or four
-    [1, C] rows shaped, typed and placed as not_a_point, with unit column strides and offsets
-    that are whole elements within int32; else None."""
-    if len(point_rows) == 1:
-        table = point_rows[0]
-        if table.shape != (4, nap_shape[1]) or table.dtype != dtype or table.device != device:
-            return None
-        step, unit = table.stride()
-        if unit != 1 or not -_INT32_MAX <= 3 * step <= _INT32_MAX:
-            return None
-        at = table.data_ptr()
-        return table, at, _row_offsets(step), at | (step * size)
-    if len(point_rows) != 4:
-        return None
-    for row in point_rows:  # [1, C] and contiguous: unit column stride
-        if (row.shape != nap_shape or not row.is_contiguous() or row.dtype is not dtype
-                or row.device != device):
-            return None
-    row0, row1, row2, row3 = point_rows
-    at = row0.data_ptr()
-    apart = (row1.data_ptr() - at, row2.data_ptr() - at, row3.data_ptr() - at)
-    if (apart[0] | apart[1] | apart[2]) % size:
-        return None
-    offsets = (apart[0] // size, apart[1] // size, apart[2] // size)
-    if not (-_INT32_MAX <= min(offsets) and max(offsets) <= _INT32_MAX):
-        return None
-    return row0, at, offsets, at | apart[0] | apart[1] | apart[2]
+@functools.lru_cache(maxsize=256)  # ints and dtypes (never weights): computed once each
+def _eager_tail(channels, out_dtype, aligned, wide, image_h, image_w):
+    """(token rows per program, the forward kernel's last arguments: the image constants and
+    the constexprs) of launch_checked's launch (FAST_DIV: its token counts are ints)."""
+    constexprs, tokens_per_program = _fwd_constexprs(channels, out_dtype, aligned, True, wide)
+    return tokens_per_program, (*image_constants(image_h, image_w), *constexprs.values())
 
 
-# image_constants for the eager path's ints (traced calls may pass symbolic sizes: uncached)
-_eager_image_constants = functools.lru_cache(maxsize=256)(image_constants)
+# divisor_magic for the eager path's ints (traced calls may pass symbolic sizes: uncached)
+_eager_divisor_magic = functools.lru_cache(maxsize=256)(divisor_magic)
 
 
 def _row_offsets(stride: int):

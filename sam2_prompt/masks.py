@@ -366,7 +366,7 @@ def mask_embed(masks: Tensor, conv1_w: Tensor, conv1_b: Tensor, ln1_w: Tensor, l
     reference), functorch transforms and forward-mode AD the differentiable reference."""
     args = (masks, conv1_w, conv1_b, ln1_w, ln1_b, conv2_w, conv2_b, ln2_w, ln2_b, conv3_w,
             conv3_b, eps1, eps2, out_dtype)
-    path = ops.route(None, *args[:11])
+    path = ops.route(None, args[:11])
     if path == ops.REFERENCE:
         return mask_embed_reference(*args)
     if path == ops.EAGER:

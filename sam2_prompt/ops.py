@@ -115,7 +115,8 @@ def use_triton(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
 
 # Tracers without Dynamo (make_fx, fake tensors) must see the op: a Triton launch bypassing the
 # dispatcher would be missing from their graph, or run on fake tensors.
-_TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchModeKey.FAKE)
+_PROXY_MODE = torch._C._TorchDispatchModeKey.PROXY
+_FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
 
 EAGER, OP, REFERENCE = "eager", "op", "reference"
 
@@ -127,51 +128,54 @@ _peek_interpreter_stack = torch._C._functorch.peek_interpreter_stack
 _get_dispatch_mode = torch._C._get_dispatch_mode
 
 
-def transforms_active() -> bool:
-    """A functorch transform (grad, vmap, jvp, jacrev, ...; functionalize is not one: it keeps
-    ops as they are) or forward-mode AD is active. Not asked while Dynamo traces (it handles
-    transforms itself, and misreads the interpreter stack)."""
-    return not torch.compiler.is_compiling() and _ad_transform_active()
-
-
-def _ad_transform_active() -> bool:
-    """transforms_active() outside Dynamo."""
-    level = _peek_interpreter_stack()
-    return (level is not None and level.key() in _AD_TRANSFORMS) or forward_ad._current_level >= 0
-
-
 def plain_eager() -> bool:
     """Eager code as written: not compiling, not tracing (make_fx, fake tensors), no functorch
     transform or forward-mode AD."""
-    return not (torch.compiler.is_compiling() or transforms_active() or _tracing())
+    return route(None) == EAGER
 
 
-def route(gaussian: Optional[Tensor], *tensors: Optional[Tensor]) -> str:
+def route(gaussian: Optional[Tensor], *tensors) -> str:
     """How an op call runs; ``tensors``: the inputs that may need a gradient besides the Gaussian
-    (None where an op has no Gaussian; None tensors are absent inputs).
+    (None where an op has no Gaussian; None tensors are absent inputs), each a tensor, None, or a
+    tuple or list of them (passed as it is: unpacking costs every call, and it is read only when
+    autograd is on).
 
     - ``REFERENCE``: the differentiable pure-PyTorch spec, for what the fused op's autograd formula
       does not serve: functorch transforms, forward-mode AD, a Gaussian that needs a gradient;
     - ``EAGER``: a plain eager call that records no autograd: the implementation is called directly,
       without the dispatcher and autograd wrappers (about 50 us on a CPU);
     - ``OP``: the registered op (reverse-mode autograd with the fused backward, tracing, export).
+
+    One function, no helpers: it runs on every call, and each Python call costs a click's host
+    path a fraction of a microsecond.
     """
     grad = torch.is_grad_enabled()
     if grad and gaussian is not None and gaussian.requires_grad:
         return REFERENCE
-    if torch.compiler.is_compiling():  # (transforms_active() is False while Dynamo traces)
+    # Dynamo handles transforms itself (and would misread the interpreter stack below)
+    if torch.compiler.is_compiling():
         return OP
-    if _ad_transform_active():
+    # A functorch transform (grad, vmap, jvp, jacrev, ...; functionalize is not one: it keeps ops
+    # as they are) or forward-mode AD.
+    level = _peek_interpreter_stack()
+    if (level is not None and level.key() in _AD_TRANSFORMS) or forward_ad._current_level >= 0:
         return REFERENCE
-    if _tracing() or (grad and any(t is not None and t.requires_grad for t in tensors)):
+    # make_fx or a fake-tensor mode must see the op
+    if (_get_dispatch_mode(_PROXY_MODE) is not None or _get_dispatch_mode(_FAKE_MODE) is not None
+            or (grad and _any_requires_grad(tensors))):
         return OP
     return EAGER
 
 
-def _tracing() -> bool:
-    """make_fx or a fake-tensor mode is active."""
-    return (_get_dispatch_mode(_TRACING_MODES[0]) is not None
-            or _get_dispatch_mode(_TRACING_MODES[1]) is not None)
+def _any_requires_grad(tensors) -> bool:
+    """Whether any of these tensors (None, or tuples and lists of them) requires a gradient."""
+    for tensor in tensors:
+        if isinstance(tensor, (tuple, list)):
+            if _any_requires_grad(tensor):
+                return True
+        elif tensor is not None and tensor.requires_grad:
+            return True
+    return False
 
 
 def _direct(impl, use_triton: bool, *args):
@@ -308,9 +312,9 @@ def sparse_embed(
     (shapes, real dtypes, on not_a_point's device), so a plain eager Triton call does not check
     them again (the weights are still checked)."""
     point_rows = (point_table,) if isinstance(point_table, Tensor) else point_table
-    path = route(gaussian, point_coords, boxes, not_a_point, *point_rows)
+    path = route(gaussian, point_coords, boxes, not_a_point, point_rows)
     if path == EAGER and use_triton:
-        kernels = _kernels()[0]
+        kernels = (_kernel_modules or _kernels())[0]  # (no call once imported: every click)
         if prompts_checked:  # the planned launch (rows read in place), or None: unusual weights
             out = kernels.launch_checked(point_coords, point_labels, boxes, pad, gaussian,
                                          point_rows, not_a_point, image_h, image_w, out_dtype)

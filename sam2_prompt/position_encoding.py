@@ -4,7 +4,7 @@ Same buffer, constructor RNG use and results; positions are computed in fp32 wha
 On CPU the PyTorch path keeps the dense grid while the Gaussian keeps its bits (see ``cache``).
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,16 @@ def module_tensor(module: nn.Module, name: str) -> Tensor:
     if tensor is None:
         tensor = module._buffers.get(name)
     return getattr(module, name) if tensor is None else tensor
+
+
+def module_tensors(modules, name: str) -> List[Tensor]:
+    """``[module_tensor(module, name) for module in modules]`` in one call: the parameter dicts
+    read inline, module_tensor only for the modules that need its fallback."""
+    tensors = []
+    for module in modules:
+        tensor = module._parameters.get(name)
+        tensors.append(module_tensor(module, name) if tensor is None else tensor)
+    return tensors
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:

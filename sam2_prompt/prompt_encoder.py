@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from . import masks as mask_ops
 from . import ops
 from .cache import DerivedCache
-from .position_encoding import PositionEmbeddingRandom, autocast_dtype, module_tensor
+from .position_encoding import (PositionEmbeddingRandom, autocast_dtype, module_tensor,
+                                 module_tensors)
 
 Points = Tuple[Tensor, Tensor]
 
@@ -91,11 +92,12 @@ def _no_mask_dense(no_mask: Tensor, batch: int, h: int, w: int) -> Tensor:
     """no_mask [1, C] -> upstream's dense output, ``no_mask.reshape(1, -1, 1, 1).expand(batch,
     -1, h, w)``: a [batch, C, h, w] view. With no autograd to record, the same view (its
     strides too) in one op (two ops cost a click on a GPU several microseconds of host time)."""
-    if torch.is_grad_enabled() or no_mask.dim() != 2 or no_mask.shape[0] != 1:
+    shape = no_mask.shape
+    if len(shape) != 2 or shape[0] != 1 or torch.is_grad_enabled():
         return no_mask.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
     row, col = no_mask.stride()
     return no_mask.as_strided(  # (the storage offset: no_mask's)
-        (batch, no_mask.shape[1], h, w),
+        (batch, shape[1], h, w),
         (row if batch == 1 else 0, col, col if h == 1 else 0, col if w == 1 else 0))
 
 
@@ -231,10 +233,14 @@ class PromptEncoder(nn.Module):
         # Submodules through _modules (nn.Module's attribute fallback is slow on every call).
         # not_a_point: the module's device and dtype, looked up once.
         not_a_point = module_tensor(self._modules["not_a_point_embed"], "weight")
-        bs = self._validate(points, boxes, masks, not_a_point.device)
+        device = not_a_point.device
+        if boxes is None and masks is None and points is not None:  # the usual call
+            bs = self._check_points(points, device)
+        else:
+            bs = self._validate(points, boxes, masks, device)
         out_dtype = not_a_point.dtype
         if points is None and boxes is None:
-            sparse = torch.empty((bs, 0, self.embed_dim), device=not_a_point.device, dtype=out_dtype)
+            sparse = torch.empty((bs, 0, self.embed_dim), device=device, dtype=out_dtype)
         else:
             coords, labels = points if points is not None else (None, None)
             sparse = self._sparse(coords, labels, boxes, boxes is None, out_dtype, not_a_point)
@@ -267,10 +273,9 @@ class PromptEncoder(nn.Module):
         if boxes is not None:
             boxes = _boxes_bk4(boxes)
         gaussian = module_tensor(modules["pe_layer"], "positional_encoding_gaussian_matrix")
-        point_rows = [module_tensor(embed, "weight")
-                      for embed in modules["point_embeddings"]._modules.values()]
+        point_rows = module_tensors(modules["point_embeddings"]._modules.values(), "weight")
         height, width = self.input_image_size
-        use_triton = self._use_triton(out_dtype, not_a_point.device)
+        use_triton = ops.use_triton(self._backend_request, not_a_point.device, out_dtype)
         return ops.sparse_embed(coords, labels, boxes, pad, gaussian, point_rows, not_a_point,
                                 int(height), int(width), out_dtype, use_triton, self._derived,
                                 prompts_checked=True)
@@ -280,7 +285,8 @@ class PromptEncoder(nn.Module):
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but the PromptEncoder is on {device}")
 
-    def _check_points(self, points, device=None) -> Tuple[Tensor, Tensor]:
+    def _check_points(self, points, device=None) -> int:
+        """points: (coords [B, N, 2], labels [B, N]) on ``device`` (default: the module's) -> B."""
         if not isinstance(points, (tuple, list)) or len(points) != 2:
             raise TypeError(
                 f"points must be a (coords, labels) pair of tensors, got {type(points).__name__}"
@@ -302,7 +308,7 @@ class PromptEncoder(nn.Module):
         if device is None or coords.device != device or labels.device != device:
             self._check_device("point coords", coords, device)
             self._check_device("point labels", labels, device)
-        return coords, labels
+        return shape[0]
 
     def _check_boxes(self, boxes, device=None) -> Tensor:
         boxes = _check_tensor("boxes", boxes)
@@ -323,12 +329,11 @@ class PromptEncoder(nn.Module):
 
     def _validate(self, points, boxes, masks, device=None) -> int:
         """Check every input before any work; batch sizes of points, boxes and masks must agree.
-        -> that batch size (upstream's ``_get_batch_size``: 1 without inputs)."""
-        if boxes is None and masks is None:  # the usual call: points alone
-            return 1 if points is None else self._check_points(points, device)[0].shape[0]
+        -> that batch size (upstream's ``_get_batch_size``: 1 without inputs). (forward checks
+        points alone, the usual call, with _check_points directly.)"""
         batches = []
         if points is not None:
-            batches.append(("points", self._check_points(points, device)[0].shape[0]))
+            batches.append(("points", self._check_points(points, device)))
         if boxes is not None:
             batches.append(("boxes", self._check_boxes(boxes, device).shape[0]))
         if masks is not None:
@@ -337,4 +342,4 @@ class PromptEncoder(nn.Module):
         if any(size != batches[0][1] for _, size in batches[1:]):
             sizes = ", ".join(f"{name} {size}" for name, size in batches)
             raise ValueError(f"points, boxes and masks must have the same batch size, got {sizes}")
-        return batches[0][1]
+        return batches[0][1] if batches else 1

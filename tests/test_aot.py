@@ -206,10 +206,10 @@ def test_launchers_trace_with_make_fx(report):
 
 # ----------------------------------------------------------------------------- host launch path
 LAUNCH = textwrap.dedent("""
-    import json, sys
+    import json, pathlib, sys, tempfile
     import torch
     import triton.language as tl
-    from sam2_prompt.kernels import aot, fake_driver, lean_launch, sparse
+    from sam2_prompt.kernels import aot, dense, fake_driver, lean_launch, mask, sparse
 
     def click(table=None, out_dtype=torch.float32):
         gaussian = torch.randn(2, 32)
@@ -267,18 +267,53 @@ LAUNCH = textwrap.dedent("""
         step("num_warps 8", grid, *args, **dict(kwargs, num_warps=8))
         _, grid3, args3, kwargs3 = recorded(click(out_dtype=torch.bfloat16))
         step("bf16 output", grid3, *args3, **kwargs3)
-        sparse.PAD_LABEL = tl.constexpr(-1.0)  # rebound, equal: still lean
-        step("equal global", grid, *args, **kwargs)
-        sparse.PAD_LABEL = tl.constexpr(-2.0)  # changed: run's own check must raise
-        try:
-            lean_launch.launch(kernel, grid, *args, **kwargs)
-            results["changed_global"] = "launched"
-        except RuntimeError as err:
-            results["changed_global"] = str(err)
-        sparse.PAD_LABEL = tl.constexpr(-1.0)
         kernel._unsafe_update_src(kernel.src + "\\n")  # an edited kernel: new source hash
         step("edited source", grid, *args, **kwargs)
         results["steps"] = steps
+
+        # Our kernels read no module-level global (their constants are local constexprs), so
+        # there is nothing to re-check per launch. lean_launch still handles a kernel that does:
+        # a global rebound to an equal value stays lean, a changed one takes run, which raises.
+        results["kernel_globals"] = {}
+        for name, jit in (("sparse_fwd", sparse._sparse_embed_fwd_kernel),
+                          ("sparse_bwd", sparse._sparse_embed_bwd_kernel),
+                          ("sum_partials", sparse._sum_partials_kernel),
+                          ("dense_pe", dense._dense_pe_kernel), ("mask", mask._mask_embed_kernel)):
+            jit.cache_key  # computes used_global_vals
+            results["kernel_globals"][name] = sorted(key for key, _ in jit.used_global_vals)
+        folder = tempfile.mkdtemp()
+        pathlib.Path(folder, "global_kernel.py").write_text(
+            "import triton\\nimport triton.language as tl\\n\\nSCALE = tl.constexpr(2.0)\\n\\n\\n"
+            "@triton.jit\\ndef scaled(out_ptr):\\n    tl.store(out_ptr, SCALE)\\n")
+        sys.path.insert(0, folder)
+        import global_kernel
+
+        scaled, scaled_runs, scaled_steps, scaled_out = global_kernel.scaled, [], [], torch.empty(1)
+        scaled_run = scaled.run
+
+        def counted_scaled_run(*args, **kwargs):
+            scaled_runs.append(1)
+            return scaled_run(*args, **kwargs)
+
+        scaled.run = counted_scaled_run
+
+        def scaled_step(name):
+            before_runs, before_launches = len(scaled_runs), fake.launches
+            lean_launch.launch(scaled, (1,), scaled_out)
+            scaled_steps.append((name, len(scaled_runs) - before_runs,
+                                 fake.launches - before_launches))
+
+        scaled_step("first")
+        scaled_step("again")
+        global_kernel.SCALE = tl.constexpr(2.0)  # rebound, equal: still lean
+        scaled_step("equal global")
+        global_kernel.SCALE = tl.constexpr(3.0)  # changed: run's own check must raise
+        try:
+            lean_launch.launch(scaled, (1,), scaled_out)
+            results["changed_global"] = "launched"
+        except RuntimeError as err:
+            results["changed_global"] = str(err)
+        results["global_steps"] = scaled_steps
         under_fake = [c for cache, *_ in kernel.device_caches.values() for c in cache.values()]
     results["caches_restored"] = kernel.device_caches is saved_caches
     results["handles_dropped"] = all(c.module is None for c in under_fake)
@@ -302,7 +337,7 @@ def test_launchers_under_the_fake_driver(launch_path):
 
 def test_lean_launch_reuses_exactly_the_binaries_triton_would(launch_path):
     """Steps: (name, calls of JITFunction.run, launches, binaries cached). A new specialisation
-    (alignment, num_warps, a constexpr), a changed global or an edited source takes Triton's own
+    (alignment, num_warps, a constexpr) or an edited source takes Triton's own
     path; everything else launches the cached binary directly, once."""
     steps = {name: rest for name, *rest in launch_path["steps"]}
     assert steps["first"] == [1, 1, 1]
@@ -312,9 +347,22 @@ def test_lean_launch_reuses_exactly_the_binaries_triton_would(launch_path):
     assert steps["unaligned again"] == [0, 1, 2]
     assert steps["num_warps 8"] == [1, 1, 3]
     assert steps["bf16 output"] == [1, 1, 4]
-    assert steps["equal global"] == [0, 1, 4]
-    assert "PAD_LABEL" in launch_path["changed_global"]
     assert steps["edited source"][0] == 1 and steps["edited source"][2] == 1
+
+
+def test_kernels_read_no_globals(launch_path):
+    """Every constant is a local constexpr: Triton (and lean_launch) re-check each global a
+    kernel reads on every launch, a cost on every click."""
+    assert launch_path["kernel_globals"] == {
+        "sparse_fwd": [], "sparse_bwd": [], "sum_partials": [], "dense_pe": [], "mask": []}
+
+
+def test_lean_launch_rechecks_a_kernels_globals(launch_path):
+    """(name, calls of JITFunction.run, launches) for a kernel that reads a module-level global:
+    rebound to an equal value it stays lean; changed, Triton's own check raises."""
+    steps = {name: rest for name, *rest in launch_path["global_steps"]}
+    assert steps == {"first": [1, 1], "again": [0, 1], "equal global": [0, 1]}
+    assert "SCALE" in launch_path["changed_global"]
 
 
 def test_fake_driver_leaves_no_trace(launch_path):

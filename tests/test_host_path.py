@@ -182,15 +182,16 @@ def _on_unaligned_base(t: torch.Tensor, misalign: int) -> torch.Tensor:
 
 
 def _spy_constexprs(monkeypatch):
-    """The (channels, out_dtype, ALIGNED, FAST_DIV, WIDE) of every forward launch from now on."""
+    """The (channels, out_dtype, ALIGNED, WIDE, image_h, image_w) of every planned forward
+    launch (launch_checked, the modules' eager path) from now on."""
     calls = []
-    original = sparse._fwd_constexprs
+    original = sparse._eager_tail
 
     def spy(*args):
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr(sparse, "_fwd_constexprs", spy)
+    monkeypatch.setattr(sparse, "_eager_tail", spy)
     return calls
 
 
