@@ -208,8 +208,7 @@ def _direct_cache(kernel, grid):
             or runtime.add_stages_inspection_hook is not None
             or _async_compile.active_mode.get() is not None):
         return None
-    entry = _caches.get(id(kernel))  # _cache_for's lookup, inline on this path
-    cache = entry[1] if entry is not None and entry[0]() is kernel else _cache_for(kernel)
+    cache = _cache_for(kernel)
     # The source hash: the one cache_key caches (None after a source edit), else computed.
     source_key = getattr(kernel, "hash", None)
     if (source_key is None or source_key is not cache.source_key) and (
